@@ -1,0 +1,1254 @@
+//! The ring: creation, opening with recovery, group-commit appends, checkpoints and cursors.
+//!
+//! One [`Ring`] is the single writer of a ring directory; any number of [`Reader`]s (one per
+//! named cursor) share its state through an `Arc`. Positions are *logical* byte offsets that only
+//! grow: `physical = logical % capacity`, `lap = logical / capacity`. Everything between the
+//! tail (the slowest persisted required cursor) and the durable head is intact and readable.
+//!
+//! Order of durability, the invariant everything else leans on:
+//! 1. records are written, then `fdatasync`ed, and only then is the durable head advanced and
+//!    the append acknowledged (`commit` returns);
+//! 2. a checkpoint only names a head that is already durable;
+//! 3. a cursor position counts for reclamation only once a checkpoint holding it is durable.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use zerocopy::IntoBytes;
+
+use crate::aligned::{is_block_aligned, AlignedBuf};
+use crate::config::{validate_cursor_name, CreateOptions, FullPolicy, RingOptions};
+use crate::error::{io_error, Error, Result};
+use crate::layout::{
+    round_up_to_block, stored_record_bytes, CheckpointSlot, CursorEntry, Expectation, RecordDefect,
+    RecordHeader, RecordKind, SlotDefect, BLOCK_BYTES, BLOCK_BYTES_USIZE, CHECKPOINT_SLOTS,
+    CURSOR_FLAG_REQUIRED, CURSOR_NAME_BYTES, FORMAT_VERSION, MAX_CURSORS, META_FILE_BYTES,
+};
+use crate::stats::{Counters, EventLog, RateEstimator, RingEvent, RingEventKind};
+use crate::storage::{
+    FileStorage, RingFiles, Storage, DATA_FILE_NAME, LOCK_FILE_NAME, META_FILE_NAME,
+};
+
+/// A point in the ring: the logical offset of a record and its sequence number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Position {
+    /// Logical byte offset (`lap * capacity + physical`).
+    pub offset: u64,
+    /// Sequence number of the record at that offset.
+    pub sequence: u64,
+}
+
+/// One (time, head offset) point of the append-rate estimate.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RateSample {
+    pub time_ns: u64,
+    pub head_offset: u64,
+}
+
+/// What an append returns: where the record went. It is *not yet durable*; it is acknowledged
+/// once [`Ring::commit`] returns a durable sequence at or past it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Appended {
+    /// The record's sequence number.
+    pub sequence: u64,
+    /// The record's logical offset.
+    pub offset: u64,
+}
+
+/// How to open a ring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenMode {
+    /// The single writer: takes the lock, recovers, bumps the generation, writes a checkpoint.
+    ReadWrite,
+    /// Inspection while a writer may be running: no lock, no writes, recovery in memory only.
+    ReadOnly,
+}
+
+/// Fixed facts about a ring, from its checkpoint.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Geometry {
+    pub ring_id: u64,
+    pub capacity_bytes: u64,
+    pub max_payload_bytes: u32,
+    pub stream_id: u32,
+    pub generation: u32,
+    pub created_ns: u64,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct CursorState {
+    pub name: heapless::String<CURSOR_NAME_BYTES>,
+    pub required: bool,
+    pub persisted: Position,
+    pub in_use: bool,
+}
+
+#[derive(Debug)]
+pub(crate) struct State {
+    pub durable: Position,
+    pub tail: Position,
+    pub cursors: heapless::Vec<CursorState, MAX_CURSORS>,
+    pub poisoned: Option<String>,
+}
+
+#[derive(Debug)]
+struct MetaWriter {
+    checkpoint_sequence: u64,
+    block: AlignedBuf,
+}
+
+/// State shared by the writer and every reader.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub files: RingFiles,
+    pub geometry: Geometry,
+    pub options: RingOptions,
+    pub mode: OpenMode,
+    pub state: Mutex<State>,
+    pub durable_changed: Condvar,
+    pub space_freed: Condvar,
+    meta: Mutex<MetaWriter>,
+    pub poisoned_flag: AtomicBool,
+    pub counters: Counters,
+    pub events: Mutex<EventLog>,
+    pub directory: Option<PathBuf>,
+    _lock: Option<File>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic in another thread while holding the lock leaves plain data behind; the ring's
+    // own invariants are re-checked on every read, so continuing is safe.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Shared {
+    pub(crate) fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
+    pub(crate) fn record_event(&self, kind: RingEventKind) {
+        let event = RingEvent {
+            time_ns: self.options.clock.now_ns(),
+            kind,
+        };
+        event.log(self.display_location());
+        lock(&self.events).push(event);
+    }
+
+    pub(crate) fn display_location(&self) -> String {
+        match &self.directory {
+            Some(directory) => directory.display().to_string(),
+            None => self.files.data.location().display().to_string(),
+        }
+    }
+
+    pub(crate) fn expectation(&self, at: Position, min_generation: u32) -> Expectation {
+        Expectation {
+            ring_id: self.geometry.ring_id,
+            logical_offset: at.offset,
+            sequence: Some(at.sequence),
+            min_generation,
+            max_payload_bytes: self.geometry.max_payload_bytes,
+        }
+    }
+
+    pub(crate) fn physical(&self, logical_offset: u64) -> u64 {
+        logical_offset % self.geometry.capacity_bytes
+    }
+
+    /// Logical offset of the start of the lap after the one holding `logical_offset`.
+    pub(crate) fn next_lap_start(&self, logical_offset: u64) -> u64 {
+        (logical_offset / self.geometry.capacity_bytes + 1) * self.geometry.capacity_bytes
+    }
+
+    pub(crate) fn read_data(&self, logical_offset: u64, buffer: &mut [u8]) -> Result<()> {
+        let physical = self.physical(logical_offset);
+        debug_assert!(physical + buffer.len() as u64 <= self.geometry.capacity_bytes);
+        self.files
+            .data
+            .read_exact_at(physical, buffer)
+            .map_err(|source| io_error(self.files.data.location(), "read", source))
+    }
+
+    fn poison(&self, cause: String) -> Error {
+        tracing::error!(ring = %self.display_location(), %cause, "ring poisoned: refusing all further writes");
+        let mut state = self.state();
+        if state.poisoned.is_none() {
+            state.poisoned = Some(cause.clone());
+        }
+        self.poisoned_flag.store(true, Ordering::SeqCst);
+        drop(state);
+        self.record_event(RingEventKind::Poisoned {
+            cause: short_text(&cause),
+        });
+        self.space_freed.notify_all();
+        Error::Poisoned { cause }
+    }
+
+    pub(crate) fn check_poisoned(&self) -> Result<()> {
+        if self.poisoned_flag.load(Ordering::SeqCst) {
+            let cause = self.state().poisoned.clone().unwrap_or_default();
+            return Err(Error::Poisoned { cause });
+        }
+        Ok(())
+    }
+
+    /// Writes a checkpoint, optionally moving one cursor, and only then lets the writer reclaim
+    /// the space the cursor moved past.
+    pub(crate) fn checkpoint(&self, cursor_update: Option<(usize, Position)>) -> Result<()> {
+        if self.mode == OpenMode::ReadOnly {
+            return Err(Error::InvalidConfig {
+                field: "mode",
+                value: "read-only".into(),
+                reason: "a read-only ring cannot persist checkpoints or cursor positions".into(),
+            });
+        }
+        let mut meta = lock(&self.meta);
+        self.check_poisoned()?;
+        let next_sequence = meta.checkpoint_sequence + 1;
+        let slot = {
+            let state = self.state();
+            let mut cursors = state.cursors.clone();
+            if let Some((index, position)) = cursor_update {
+                cursors[index].persisted = position;
+            }
+            let tail = compute_tail(&cursors, state.durable);
+            self.encode_checkpoint(next_sequence, state.durable, tail, &cursors)
+        };
+        let block = meta.block.as_mut_slice();
+        block.fill(0);
+        block[..slot.as_bytes().len()].copy_from_slice(slot.as_bytes());
+        let slot_offset = (next_sequence % CHECKPOINT_SLOTS as u64) * BLOCK_BYTES;
+        let meta_storage = &self.files.meta;
+        if let Err(source) = meta_storage.write_all_at(slot_offset, &[meta.block.as_slice()]) {
+            return Err(self.poison(format!(
+                "checkpoint write to {} failed: {source}",
+                meta_storage.location().display()
+            )));
+        }
+        if let Err(source) = meta_storage.sync_data() {
+            return Err(self.poison(format!(
+                "fdatasync of {} failed: {source}",
+                meta_storage.location().display()
+            )));
+        }
+        meta.checkpoint_sequence = next_sequence;
+        {
+            let mut state = self.state();
+            if let Some((index, position)) = cursor_update {
+                state.cursors[index].persisted = position;
+            }
+            state.tail = compute_tail(&state.cursors, state.durable);
+        }
+        self.counters
+            .checkpoints_total
+            .fetch_add(1, Ordering::Relaxed);
+        self.space_freed.notify_all();
+        Ok(())
+    }
+
+    fn encode_checkpoint(
+        &self,
+        checkpoint_sequence: u64,
+        head: Position,
+        tail: Position,
+        cursors: &[CursorState],
+    ) -> CheckpointSlot {
+        assert!(
+            tail.offset <= head.offset,
+            "tail {tail:?} past head {head:?}"
+        );
+        assert!(head.offset - tail.offset <= self.geometry.capacity_bytes);
+        let mut slot = CheckpointSlot::zeroed();
+        slot.checkpoint_sequence = checkpoint_sequence.into();
+        slot.ring_id = self.geometry.ring_id.into();
+        slot.capacity_bytes = self.geometry.capacity_bytes.into();
+        slot.max_payload_bytes = self.geometry.max_payload_bytes.into();
+        slot.stream_id = self.geometry.stream_id.into();
+        slot.generation = self.geometry.generation.into();
+        slot.created_ns = self.geometry.created_ns.into();
+        slot.head_offset = head.offset.into();
+        slot.head_sequence = head.sequence.into();
+        slot.tail_offset = tail.offset.into();
+        slot.tail_sequence = tail.sequence.into();
+        slot.quarantined_records_total = self
+            .counters
+            .quarantined_records_total
+            .load(Ordering::Relaxed)
+            .into();
+        slot.cursor_count = u32::try_from(cursors.len())
+            .expect("at most 8 cursors")
+            .into();
+        for (entry, cursor) in slot.cursors.iter_mut().zip(cursors) {
+            entry.name[..cursor.name.len()].copy_from_slice(cursor.name.as_bytes());
+            entry.flags = if cursor.required {
+                CURSOR_FLAG_REQUIRED
+            } else {
+                0
+            }
+            .into();
+            entry.logical_offset = cursor.persisted.offset.into();
+            entry.sequence = cursor.persisted.sequence.into();
+        }
+        slot.seal();
+        slot
+    }
+}
+
+/// The reclaim point: the slowest persisted required cursor (the head if there is none).
+fn compute_tail(cursors: &[CursorState], head: Position) -> Position {
+    cursors
+        .iter()
+        .filter(|c| c.required)
+        .map(|c| c.persisted)
+        .min()
+        .unwrap_or(head)
+}
+
+fn short_text(text: &str) -> heapless::String<96> {
+    let mut short = heapless::String::new();
+    for character in text.chars() {
+        if short.push(character).is_err() {
+            break;
+        }
+    }
+    short
+}
+
+/// The single writer of a ring.
+#[derive(Debug)]
+pub struct Ring {
+    shared: Arc<Shared>,
+    written: Position,
+    unsynced_records: u64,
+    bytes_since_checkpoint: u64,
+    header_block: AlignedBuf,
+    rate: RateEstimator,
+    thresholds_crossed: usize,
+}
+
+/// Outcome of scanning forward from a known-good position.
+pub(crate) enum ScanStep {
+    /// A valid record (or padding) at the expected position.
+    Valid {
+        header: RecordHeader,
+        next: Position,
+    },
+    /// An invalid record, and a valid one was found further on.
+    Resynced {
+        defect: RecordDefect,
+        resume: Position,
+    },
+    /// An invalid record with nothing valid after it within reach.
+    End { defect: RecordDefect },
+}
+
+impl Ring {
+    /// Creates a ring in `directory` (created if missing) and opens it for writing.
+    ///
+    /// Refuses with [`Error::AlreadyExists`] if the directory already holds ring files, unless
+    /// `create.force` is set.
+    pub fn create(directory: &Path, create: &CreateOptions, options: RingOptions) -> Result<Self> {
+        create.validate()?;
+        options.validate()?;
+        std::fs::create_dir_all(directory)
+            .map_err(|e| io_error(directory, "create directory", e))?;
+        let lock_file = take_lock(directory)?;
+        let data_path = directory.join(DATA_FILE_NAME);
+        let meta_path = directory.join(META_FILE_NAME);
+        if data_path.exists() || meta_path.exists() {
+            if !create.force {
+                return Err(Error::AlreadyExists {
+                    path: directory.to_path_buf(),
+                });
+            }
+            tracing::warn!(directory = %directory.display(), "create --force: destroying the existing ring");
+            for path in [&data_path, &meta_path] {
+                if path.exists() {
+                    std::fs::remove_file(path).map_err(|e| io_error(path, "remove", e))?;
+                }
+            }
+        }
+        let data = FileStorage::create(&data_path, create.capacity_bytes)
+            .map_err(|e| io_error(&data_path, "create and fallocate", e))?;
+        let meta = FileStorage::create(&meta_path, META_FILE_BYTES)
+            .map_err(|e| io_error(&meta_path, "create and fallocate", e))?;
+        drop(data);
+        drop(meta);
+        sync_directory(directory)?;
+        let files = open_files(directory, options.direct_io)?;
+        let create_unforced = CreateOptions {
+            force: true,
+            ..create.clone()
+        };
+        Self::create_on_inner(
+            files,
+            &create_unforced,
+            options,
+            Some(directory),
+            Some(lock_file),
+        )
+    }
+
+    /// Opens the ring in `directory` for writing. Never creates or formats anything.
+    pub fn open(directory: &Path, options: RingOptions) -> Result<Self> {
+        options.validate()?;
+        let lock_file = take_lock(directory)?;
+        let files = open_files(directory, options.direct_io)?;
+        Self::open_inner(
+            files,
+            options,
+            OpenMode::ReadWrite,
+            Some(directory),
+            Some(lock_file),
+        )
+    }
+
+    /// Creates a ring on the given storage (tests and the simulator use [`crate::sim::SimRing`]).
+    pub fn create_on(
+        files: RingFiles,
+        create: &CreateOptions,
+        options: RingOptions,
+    ) -> Result<Self> {
+        create.validate()?;
+        options.validate()?;
+        Self::create_on_inner(files, create, options, None, None)
+    }
+
+    /// Opens a ring on the given storage.
+    pub fn open_on(files: RingFiles, options: RingOptions) -> Result<Self> {
+        options.validate()?;
+        Self::open_inner(files, options, OpenMode::ReadWrite, None, None)
+    }
+
+    fn create_on_inner(
+        files: RingFiles,
+        create: &CreateOptions,
+        options: RingOptions,
+        directory: Option<&Path>,
+        lock_file: Option<File>,
+    ) -> Result<Self> {
+        check_size(&*files.data, create.capacity_bytes)?;
+        check_size(&*files.meta, META_FILE_BYTES)?;
+        let mut block = AlignedBuf::zeroed(BLOCK_BYTES_USIZE);
+        if !create.force {
+            for slot_index in 0..CHECKPOINT_SLOTS as u64 {
+                read_meta_block(&*files.meta, slot_index, &mut block)?;
+                if !block.as_slice().iter().all(|&b| b == 0) {
+                    return Err(Error::AlreadyExists {
+                        path: files.meta.location().to_path_buf(),
+                    });
+                }
+            }
+        }
+        let ring_id = create.ring_id.unwrap_or_else(random_ring_id);
+        let created_ns = options.clock.now_ns();
+        let start = Position {
+            offset: 0,
+            sequence: 1,
+        };
+        for checkpoint_sequence in 1..=CHECKPOINT_SLOTS as u64 {
+            let mut slot = CheckpointSlot::zeroed();
+            slot.checkpoint_sequence = checkpoint_sequence.into();
+            slot.ring_id = ring_id.into();
+            slot.capacity_bytes = create.capacity_bytes.into();
+            slot.max_payload_bytes = create.max_payload_bytes.into();
+            slot.stream_id = create.stream_id.into();
+            slot.generation = 0.into();
+            slot.created_ns = created_ns.into();
+            slot.head_offset = start.offset.into();
+            slot.head_sequence = start.sequence.into();
+            slot.tail_offset = start.offset.into();
+            slot.tail_sequence = start.sequence.into();
+            slot.seal();
+            let bytes = block.as_mut_slice();
+            bytes.fill(0);
+            bytes[..512].copy_from_slice(slot.as_bytes());
+            let offset = (checkpoint_sequence % CHECKPOINT_SLOTS as u64) * BLOCK_BYTES;
+            files
+                .meta
+                .write_all_at(offset, &[block.as_slice()])
+                .map_err(|e| io_error(files.meta.location(), "write initial checkpoint", e))?;
+        }
+        files
+            .meta
+            .sync_data()
+            .map_err(|e| io_error(files.meta.location(), "fdatasync", e))?;
+        tracing::info!(
+            location = %files.meta.location().display(),
+            capacity_bytes = create.capacity_bytes,
+            stream_id = create.stream_id,
+            ring_id = format_args!("{ring_id:016x}"),
+            "ring created"
+        );
+        Self::open_inner(files, options, OpenMode::ReadWrite, directory, lock_file)
+    }
+
+    fn open_inner(
+        files: RingFiles,
+        options: RingOptions,
+        mode: OpenMode,
+        directory: Option<&Path>,
+        lock_file: Option<File>,
+    ) -> Result<Self> {
+        let started = Instant::now();
+        let shared = Arc::new(recover(files, options, mode, directory, lock_file)?);
+        let written = shared.state().durable;
+        let max_payload = shared.geometry.max_payload_bytes;
+        let ring = Self {
+            shared,
+            written,
+            unsynced_records: 0,
+            bytes_since_checkpoint: 0,
+            header_block: AlignedBuf::zeroed(BLOCK_BYTES_USIZE),
+            rate: RateEstimator::default(),
+            thresholds_crossed: 0,
+        };
+        tracing::info!(
+            ring = %ring.shared.display_location(),
+            head_sequence = written.sequence,
+            max_payload_bytes = max_payload,
+            recovery_ms = started.elapsed().as_millis() as u64,
+            ?mode,
+            "ring open"
+        );
+        Ok(ring)
+    }
+
+    /// Appends a record whose payload is `padded[..payload_length]`, without copying it.
+    ///
+    /// `padded` must start on a 4096-byte boundary and its length must be the payload length
+    /// rounded up to a multiple of 4096 (bytes past `payload_length` are written as they are;
+    /// zero them if they matter). The record is written but not durable: it is acknowledged
+    /// once [`Ring::commit`] returns. When full, the configured [`FullPolicy`] decides.
+    pub fn append(
+        &mut self,
+        kind: RecordKind,
+        flags: u8,
+        padded: &[u8],
+        payload_length: usize,
+    ) -> Result<Appended> {
+        self.shared.check_poisoned()?;
+        self.check_writable()?;
+        assert!(
+            kind != RecordKind::Padding,
+            "padding records are written by the ring only"
+        );
+        let max_bytes = u64::from(self.shared.geometry.max_payload_bytes);
+        if payload_length as u64 > max_bytes {
+            return Err(Error::TooLarge {
+                length_bytes: payload_length as u64,
+                max_bytes,
+            });
+        }
+        let padded_length =
+            usize::try_from(round_up_to_block(payload_length as u64)).expect("fits");
+        if !is_block_aligned(padded) || padded.len() != padded_length {
+            return Err(Error::Misaligned {
+                address: padded.as_ptr() as usize,
+                padded_bytes: padded.len(),
+                length_bytes: payload_length,
+            });
+        }
+        let record_bytes = stored_record_bytes(payload_length as u64);
+        let start = self.written;
+        let capacity = self.shared.geometry.capacity_bytes;
+        let remaining_in_lap = capacity - self.shared.physical(start.offset);
+        let padding_bytes = if record_bytes > remaining_in_lap {
+            remaining_in_lap
+        } else {
+            0
+        };
+        self.reserve(padding_bytes + record_bytes)?;
+
+        let now_ns = self.shared.options.clock.now_ns();
+        let mut at = start;
+        if padding_bytes > 0 {
+            self.write_record(RecordKind::Padding, 0, at, &[], &[], now_ns)?;
+            at.offset += padding_bytes;
+            assert_eq!(self.shared.physical(at.offset), 0);
+        }
+        let payload = &padded[..payload_length];
+        self.write_record(kind, flags, at, payload, padded, now_ns)?;
+        self.written = Position {
+            offset: at.offset + record_bytes,
+            sequence: at.sequence + 1,
+        };
+        self.unsynced_records += 1;
+        self.bytes_since_checkpoint += padding_bytes + record_bytes;
+        self.shared
+            .counters
+            .appends_total
+            .fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .counters
+            .appended_bytes_total
+            .fetch_add(record_bytes, Ordering::Relaxed);
+        Ok(Appended {
+            sequence: at.sequence,
+            offset: at.offset,
+        })
+    }
+
+    /// Appends a payload from any slice by copying it into an aligned buffer. For small records
+    /// (metadata, markers); the pixel path uses [`Ring::append`], which never copies.
+    pub fn append_copy(&mut self, kind: RecordKind, flags: u8, payload: &[u8]) -> Result<Appended> {
+        let mut buffer = AlignedBuf::zeroed(payload.len());
+        buffer.as_mut_slice()[..payload.len()].copy_from_slice(payload);
+        self.append(kind, flags, buffer.as_slice(), payload.len())
+    }
+
+    /// Like [`Ring::append`], but under [`FullPolicy::Block`] waits up to `timeout` for a
+    /// required cursor to free space before giving up with [`Error::WouldBlock`].
+    pub fn append_blocking(
+        &mut self,
+        kind: RecordKind,
+        flags: u8,
+        padded: &[u8],
+        payload_length: usize,
+        timeout: Duration,
+    ) -> Result<Appended> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.append(kind, flags, padded, payload_length) {
+                Err(Error::WouldBlock { needed_bytes, .. }) => {
+                    let now = Instant::now();
+                    if now >= deadline || !self.wait_for_space(needed_bytes, deadline - now) {
+                        return self.append(kind, flags, padded, payload_length);
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        if self.shared.mode == OpenMode::ReadOnly {
+            return Err(Error::InvalidConfig {
+                field: "mode",
+                value: "read-only".into(),
+                reason: "this ring was opened read-only for inspection".into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn free_bytes(&self) -> u64 {
+        let tail = self.shared.state().tail;
+        self.shared.geometry.capacity_bytes - (self.written.offset - tail.offset)
+    }
+
+    fn reserve(&mut self, needed_bytes: u64) -> Result<()> {
+        let free_bytes = self.free_bytes();
+        if needed_bytes <= free_bytes {
+            return Ok(());
+        }
+        match self.shared.options.full_policy {
+            FullPolicy::Reject => {
+                self.shared
+                    .counters
+                    .rejected_full_total
+                    .fetch_add(1, Ordering::Relaxed);
+                Err(Error::Rejected {
+                    needed_bytes,
+                    free_bytes,
+                })
+            }
+            FullPolicy::Block => {
+                self.shared
+                    .counters
+                    .would_block_total
+                    .fetch_add(1, Ordering::Relaxed);
+                Err(Error::WouldBlock {
+                    needed_bytes,
+                    free_bytes,
+                })
+            }
+        }
+    }
+
+    /// Waits until at least `needed_bytes` are free or `timeout` passes; `true` if they are.
+    pub fn wait_for_space(&self, needed_bytes: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let capacity = self.shared.geometry.capacity_bytes;
+        let mut state = self.shared.state();
+        loop {
+            if capacity - (self.written.offset - state.tail.offset) >= needed_bytes {
+                return true;
+            }
+            if state.poisoned.is_some() {
+                return false;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            state = self
+                .shared
+                .space_freed
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .0;
+        }
+    }
+
+    fn write_record(
+        &mut self,
+        kind: RecordKind,
+        flags: u8,
+        at: Position,
+        payload: &[u8],
+        padded: &[u8],
+        now_ns: u64,
+    ) -> Result<()> {
+        let geometry = self.shared.geometry;
+        let header = RecordHeader::new(
+            kind,
+            flags,
+            at.sequence,
+            at.offset,
+            geometry.ring_id,
+            geometry.generation,
+            geometry.stream_id,
+            payload,
+            now_ns,
+        );
+        let block = self.header_block.as_mut_slice();
+        block[..64].copy_from_slice(header.as_bytes());
+        let physical = self.shared.physical(at.offset);
+        assert!(physical % BLOCK_BYTES == 0);
+        assert!(physical + BLOCK_BYTES + padded.len() as u64 <= geometry.capacity_bytes);
+        let data = &self.shared.files.data;
+        let result = if padded.is_empty() {
+            data.write_all_at(physical, &[self.header_block.as_slice()])
+        } else {
+            data.write_all_at(physical, &[self.header_block.as_slice(), padded])
+        };
+        result.map_err(|source| {
+            self.shared.poison(format!(
+                "write of record {} at {} (offset {physical}) failed: {source}",
+                at.sequence,
+                data.location().display()
+            ))
+        })
+    }
+
+    /// Group commit: makes every record appended so far durable, publishes the durable head to
+    /// readers, and returns the last durable sequence number (0 if the ring never held one).
+    /// Writes a checkpoint when `checkpoint_interval_bytes` were appended since the last one.
+    pub fn commit(&mut self) -> Result<u64> {
+        self.shared.check_poisoned()?;
+        if self.unsynced_records > 0 {
+            let data = &self.shared.files.data;
+            if let Err(source) = data.sync_data() {
+                return Err(self.shared.poison(format!(
+                    "fdatasync of {} failed: {source}; records after sequence {} may be lost and \
+                     the page cache cannot be trusted",
+                    data.location().display(),
+                    self.shared.state().durable.sequence.saturating_sub(1)
+                )));
+            }
+            self.unsynced_records = 0;
+            self.shared
+                .counters
+                .syncs_total
+                .fetch_add(1, Ordering::Relaxed);
+            self.shared.state().durable = self.written;
+            self.shared.durable_changed.notify_all();
+            self.rate
+                .sample(self.shared.options.clock.now_ns(), self.written.offset);
+            self.check_thresholds();
+            if self.bytes_since_checkpoint >= self.shared.options.checkpoint_interval_bytes {
+                self.shared.checkpoint(None)?;
+                self.bytes_since_checkpoint = 0;
+            }
+        }
+        Ok(self.written.sequence - 1)
+    }
+
+    /// Appends and commits one record: acknowledged when this returns.
+    pub fn append_durable(
+        &mut self,
+        kind: RecordKind,
+        flags: u8,
+        padded: &[u8],
+        payload_length: usize,
+    ) -> Result<Appended> {
+        let appended = self.append(kind, flags, padded, payload_length)?;
+        self.commit()?;
+        Ok(appended)
+    }
+
+    /// Commits and writes a checkpoint, so the next open has nothing to scan.
+    pub fn close(mut self) -> Result<()> {
+        self.commit()?;
+        self.shared.checkpoint(None)
+    }
+
+    fn check_thresholds(&mut self) {
+        let thresholds = &self.shared.options.fill_thresholds;
+        let fill = self.fill_ratio();
+        let crossed = thresholds.iter().filter(|&&t| fill >= t).count();
+        if crossed != self.thresholds_crossed {
+            let threshold = if crossed > self.thresholds_crossed {
+                thresholds[crossed - 1]
+            } else {
+                thresholds[self.thresholds_crossed - 1]
+            };
+            self.shared.record_event(RingEventKind::FillThreshold {
+                threshold_percent: (threshold * 100.0).round() as u32,
+                fill_percent: (fill * 100.0).round() as u32,
+                rising: crossed > self.thresholds_crossed,
+            });
+            self.thresholds_crossed = crossed;
+        }
+    }
+
+    fn fill_ratio(&self) -> f64 {
+        let capacity = self.shared.geometry.capacity_bytes;
+        (capacity - self.free_bytes()) as f64 / capacity as f64
+    }
+
+    /// Opens a reader for the named cursor, starting at its persisted position.
+    pub fn reader(&self, cursor: &str) -> Result<crate::reader::Reader> {
+        crate::reader::Reader::open(Arc::clone(&self.shared), cursor, None)
+    }
+
+    /// Opens a reader for `cursor`, starting at another cursor's persisted position
+    /// (e.g. replay what `drain` has not yet confirmed, as `prompt`).
+    pub fn reader_from(
+        &self,
+        cursor: &str,
+        start_at_cursor: &str,
+    ) -> Result<crate::reader::Reader> {
+        crate::reader::Reader::open(Arc::clone(&self.shared), cursor, Some(start_at_cursor))
+    }
+
+    /// Adds a cursor at the oldest retained record (or changes its `required` flag) and persists
+    /// it in a checkpoint.
+    pub fn add_cursor(&mut self, name: &str, required: bool) -> Result<()> {
+        validate_cursor_name(name)?;
+        {
+            let mut state = self.shared.state();
+            let tail = state.tail;
+            ensure_cursor(&mut state.cursors, name, required, tail)?;
+        }
+        self.shared.checkpoint(None)
+    }
+
+    /// Current figures: capacity, fill, cursor lags, oldest undrained record, counters.
+    pub fn stats(&self) -> crate::stats::RingStats {
+        crate::stats::RingStats::collect(&self.shared, self.written, &self.rate)
+    }
+
+    /// Scans every retained record and reports good and bad ones with their locations.
+    pub fn verify(&self) -> Result<crate::stats::VerifyReport> {
+        crate::stats::verify(&self.shared)
+    }
+
+    /// The most recent events (corruption, truncation, thresholds, poisoning), oldest first.
+    pub fn recent_events(&self) -> Vec<RingEvent> {
+        lock(&self.shared.events).iter().cloned().collect()
+    }
+
+    /// The last durable sequence number (0 if none).
+    pub fn durable_sequence(&self) -> u64 {
+        self.shared.state().durable.sequence - 1
+    }
+
+    /// The next sequence number an append will get.
+    pub fn next_sequence(&self) -> u64 {
+        self.written.sequence
+    }
+
+    /// The ring's capacity in bytes.
+    pub fn capacity_bytes(&self) -> u64 {
+        self.shared.geometry.capacity_bytes
+    }
+
+    /// Largest payload a record may carry.
+    pub fn max_payload_bytes(&self) -> u32 {
+        self.shared.geometry.max_payload_bytes
+    }
+
+    /// Whether the ring refuses writes after an I/O failure, and why.
+    pub fn poisoned(&self) -> Option<String> {
+        self.shared.state().poisoned.clone()
+    }
+}
+
+/// Opens a ring read-only for inspection: no lock, no writes. Recovery happens in memory, so the
+/// figures describe what a writer would find if it opened the ring now.
+pub fn open_read_only(directory: &Path) -> Result<Ring> {
+    let options = RingOptions {
+        cursors: Vec::new(),
+        ..RingOptions::default()
+    };
+    let files = open_files_read_only(directory)?;
+    Ring::open_inner(files, options, OpenMode::ReadOnly, Some(directory), None)
+}
+
+/// Opens a ring on the given storage read-only.
+pub fn open_read_only_on(files: RingFiles) -> Result<Ring> {
+    let options = RingOptions {
+        cursors: Vec::new(),
+        ..RingOptions::default()
+    };
+    Ring::open_inner(files, options, OpenMode::ReadOnly, None, None)
+}
+
+fn ensure_cursor(
+    cursors: &mut heapless::Vec<CursorState, MAX_CURSORS>,
+    name: &str,
+    required: bool,
+    start: Position,
+) -> Result<()> {
+    if let Some(existing) = cursors.iter_mut().find(|c| c.name.as_str() == name) {
+        if existing.required != required {
+            tracing::info!(cursor = name, required, "cursor reclamation flag changed");
+            existing.required = required;
+        }
+        return Ok(());
+    }
+    let mut cursor_name = heapless::String::new();
+    cursor_name.push_str(name).map_err(|()| Error::Cursor {
+        name: name.into(),
+        reason: format!("name longer than {CURSOR_NAME_BYTES} bytes"),
+    })?;
+    cursors
+        .push(CursorState {
+            name: cursor_name,
+            required,
+            persisted: start,
+            in_use: false,
+        })
+        .map_err(|_| Error::Cursor {
+            name: name.into(),
+            reason: format!("the ring already has the maximum of {MAX_CURSORS} cursors"),
+        })
+}
+
+fn random_ring_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from the operating system's randomness.
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(u64::from(std::process::id()));
+    hasher.finish() | 1
+}
+
+fn take_lock(directory: &Path) -> Result<File> {
+    let path = directory.join(LOCK_FILE_NAME);
+    if !directory.is_dir() {
+        return Err(Error::NotARing {
+            path: directory.to_path_buf(),
+            detail: "no such directory".into(),
+        });
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| io_error(&path, "open lock file", e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked { path }),
+        Err(std::fs::TryLockError::Error(e)) => Err(io_error(&path, "lock", e)),
+    }
+}
+
+fn sync_directory(directory: &Path) -> Result<()> {
+    File::open(directory)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error(directory, "fsync directory", e))
+}
+
+fn open_files(directory: &Path, direct_io: bool) -> Result<RingFiles> {
+    let data_path = directory.join(DATA_FILE_NAME);
+    let meta_path = directory.join(META_FILE_NAME);
+    for path in [&meta_path, &data_path] {
+        if !path.exists() {
+            return Err(Error::NotARing {
+                path: path.clone(),
+                detail: "file missing (create a ring with `summit-ring create`)".into(),
+            });
+        }
+    }
+    let data =
+        FileStorage::open(&data_path, direct_io).map_err(|e| io_error(&data_path, "open", e))?;
+    let meta = FileStorage::open(&meta_path, false).map_err(|e| io_error(&meta_path, "open", e))?;
+    Ok(RingFiles {
+        meta: Arc::new(meta),
+        data: Arc::new(data),
+    })
+}
+
+fn open_files_read_only(directory: &Path) -> Result<RingFiles> {
+    // Same files, buffered I/O; nothing is ever written through a read-only ring.
+    open_files(directory, false)
+}
+
+fn check_size(storage: &dyn Storage, expected_bytes: u64) -> Result<()> {
+    let actual_bytes = storage.len_bytes();
+    if actual_bytes != expected_bytes {
+        return Err(Error::WrongSize {
+            path: storage.location().to_path_buf(),
+            expected_bytes,
+            actual_bytes,
+        });
+    }
+    Ok(())
+}
+
+fn read_meta_block(meta: &dyn Storage, slot_index: u64, block: &mut AlignedBuf) -> Result<()> {
+    meta.read_exact_at(slot_index * BLOCK_BYTES, block.as_mut_slice())
+        .map_err(|e| io_error(meta.location(), "read checkpoint", e))
+}
+
+/// Reads both checkpoint slots and returns the newest valid one.
+fn newest_checkpoint(meta: &dyn Storage) -> Result<CheckpointSlot> {
+    if meta.len_bytes() < META_FILE_BYTES {
+        return Err(Error::WrongSize {
+            path: meta.location().to_path_buf(),
+            expected_bytes: META_FILE_BYTES,
+            actual_bytes: meta.len_bytes(),
+        });
+    }
+    let mut block = AlignedBuf::zeroed(BLOCK_BYTES_USIZE);
+    let mut best: Option<CheckpointSlot> = None;
+    let mut defects: Vec<String> = Vec::new();
+    let mut newer_version = None;
+    for slot_index in 0..CHECKPOINT_SLOTS as u64 {
+        read_meta_block(meta, slot_index, &mut block)?;
+        match CheckpointSlot::decode(block.as_slice()) {
+            Ok(slot) => {
+                if best.is_none_or(|b| slot.checkpoint_sequence.get() > b.checkpoint_sequence.get())
+                {
+                    best = Some(slot);
+                }
+            }
+            Err(SlotDefect::NewerVersion(found)) => newer_version = Some(found),
+            Err(defect) => {
+                tracing::warn!(meta = %meta.location().display(), slot_index, %defect, "checkpoint slot unusable");
+                defects.push(format!("slot {slot_index}: {defect}"));
+            }
+        }
+    }
+    if let Some(found) = newer_version {
+        return Err(Error::NewerFormat {
+            path: meta.location().to_path_buf(),
+            found,
+            supported: FORMAT_VERSION,
+        });
+    }
+    best.ok_or_else(|| Error::NotARing {
+        path: meta.location().to_path_buf(),
+        detail: format!("no valid checkpoint ({})", defects.join("; ")),
+    })
+}
+
+/// Opening: newest valid checkpoint, then a forward scan of what was written since.
+fn recover(
+    files: RingFiles,
+    options: RingOptions,
+    mode: OpenMode,
+    directory: Option<&Path>,
+    lock_file: Option<File>,
+) -> Result<Shared> {
+    let checkpoint = newest_checkpoint(&*files.meta)?;
+    check_size(&*files.meta, META_FILE_BYTES)?;
+    check_size(&*files.data, checkpoint.capacity_bytes.get())?;
+    let checkpoint_generation = checkpoint.generation.get();
+    let generation = match mode {
+        OpenMode::ReadWrite => checkpoint_generation + 1,
+        OpenMode::ReadOnly => checkpoint_generation,
+    };
+    let geometry = Geometry {
+        ring_id: checkpoint.ring_id.get(),
+        capacity_bytes: checkpoint.capacity_bytes.get(),
+        max_payload_bytes: checkpoint.max_payload_bytes.get(),
+        stream_id: checkpoint.stream_id.get(),
+        generation,
+        created_ns: checkpoint.created_ns.get(),
+    };
+    if u64::from(geometry.max_payload_bytes) > geometry.capacity_bytes / 8 {
+        return Err(Error::NotARing {
+            path: files.meta.location().to_path_buf(),
+            detail: "checkpoint's max payload exceeds an eighth of the capacity".into(),
+        });
+    }
+    let head = Position {
+        offset: checkpoint.head_offset.get(),
+        sequence: checkpoint.head_sequence.get(),
+    };
+    let tail = Position {
+        offset: checkpoint.tail_offset.get(),
+        sequence: checkpoint.tail_sequence.get(),
+    };
+    let mut cursors: heapless::Vec<CursorState, MAX_CURSORS> = heapless::Vec::new();
+    for entry in checkpoint.cursors_in_use() {
+        cursors
+            .push(cursor_from_entry(entry, tail, head, &*files.meta)?)
+            .expect("checkpoint holds at most MAX_CURSORS cursors");
+    }
+    for spec in &options.cursors {
+        ensure_cursor(&mut cursors, &spec.name, spec.required, tail)?;
+    }
+    let shared = Shared {
+        files,
+        geometry,
+        options,
+        mode,
+        state: Mutex::new(State {
+            durable: head,
+            tail,
+            cursors,
+            poisoned: None,
+        }),
+        durable_changed: Condvar::new(),
+        space_freed: Condvar::new(),
+        meta: Mutex::new(MetaWriter {
+            checkpoint_sequence: checkpoint.checkpoint_sequence.get(),
+            block: AlignedBuf::zeroed(BLOCK_BYTES_USIZE),
+        }),
+        poisoned_flag: AtomicBool::new(false),
+        counters: Counters::default(),
+        events: Mutex::new(EventLog::new()),
+        directory: directory.map(Path::to_path_buf),
+        _lock: lock_file,
+    };
+    shared.counters.quarantined_records_total.store(
+        checkpoint.quarantined_records_total.get(),
+        Ordering::Relaxed,
+    );
+
+    let recovered_head = scan_after_checkpoint(&shared, head, tail, checkpoint_generation)?;
+    shared.state().durable = recovered_head;
+    if mode == OpenMode::ReadWrite {
+        // What the scan found may sit only in the page cache (the process died, the machine did
+        // not): make it durable before anyone is told it exists.
+        shared
+            .files
+            .data
+            .sync_data()
+            .map_err(|e| io_error(shared.files.data.location(), "fdatasync after recovery", e))?;
+        shared.checkpoint(None)?;
+    }
+    Ok(shared)
+}
+
+fn cursor_from_entry(
+    entry: &CursorEntry,
+    tail: Position,
+    head: Position,
+    meta: &dyn Storage,
+) -> Result<CursorState> {
+    let name_text = entry.name_str();
+    let mut name = heapless::String::new();
+    name.push_str(name_text).map_err(|()| Error::NotARing {
+        path: meta.location().to_path_buf(),
+        detail: "cursor name too long in checkpoint".into(),
+    })?;
+    let required = entry.flags.get() & CURSOR_FLAG_REQUIRED != 0;
+    let mut persisted = Position {
+        offset: entry.logical_offset.get(),
+        sequence: entry.sequence.get(),
+    };
+    if persisted.offset > head.offset {
+        return Err(Error::NotARing {
+            path: meta.location().to_path_buf(),
+            detail: format!("cursor `{name_text}` is past the checkpoint's head"),
+        });
+    }
+    if persisted.offset < tail.offset {
+        // Only an optional cursor can fall behind the tail; its data may be overwritten.
+        assert!(
+            !required,
+            "a required cursor defines the tail and cannot be behind it"
+        );
+        persisted = tail;
+    }
+    Ok(CursorState {
+        name,
+        required,
+        persisted,
+        in_use: false,
+    })
+}
+
+/// Scans records written after the checkpoint. Returns the recovered head: just past the last
+/// valid record. Corruption followed by valid records is quarantined; an invalid record with
+/// nothing valid after it is a torn tail and is truncated.
+fn scan_after_checkpoint(
+    shared: &Shared,
+    head: Position,
+    tail: Position,
+    generation: u32,
+) -> Result<Position> {
+    let mut scanner = crate::reader::Scanner::new(shared);
+    let mut at = head;
+    let limit = tail.offset + shared.geometry.capacity_bytes;
+    let mut recovered_records = 0u64;
+    loop {
+        if at.offset >= limit {
+            return Ok(at);
+        }
+        match scanner.step(shared, at, generation, limit, None)? {
+            ScanStep::Valid { next, header } => {
+                if header.record_kind() != Some(RecordKind::Padding) {
+                    recovered_records += 1;
+                }
+                at = next;
+            }
+            ScanStep::Resynced { defect, resume } => {
+                shared
+                    .counters
+                    .quarantined_records_total
+                    .fetch_add(resume.sequence - at.sequence, Ordering::Relaxed);
+                shared.record_event(RingEventKind::Quarantined {
+                    logical_offset: at.offset,
+                    lap: at.offset / shared.geometry.capacity_bytes,
+                    physical_offset: shared.physical(at.offset),
+                    expected_sequence: at.sequence,
+                    resumed_sequence: resume.sequence,
+                    defect,
+                });
+                at = resume;
+            }
+            ScanStep::End { defect } => {
+                if recovered_records > 0 || defect != RecordDefect::Zeroed {
+                    tracing::info!(
+                        ring = %shared.display_location(),
+                        recovered_records,
+                        head_sequence = at.sequence,
+                        "recovery scan finished"
+                    );
+                }
+                if !matches!(
+                    defect,
+                    RecordDefect::Zeroed
+                        | RecordDefect::OldGeneration(_)
+                        | RecordDefect::Misplaced(_)
+                ) {
+                    shared
+                        .counters
+                        .torn_tail_truncations_total
+                        .fetch_add(1, Ordering::Relaxed);
+                    shared.record_event(RingEventKind::TornTailTruncated {
+                        logical_offset: at.offset,
+                        physical_offset: shared.physical(at.offset),
+                        sequence: at.sequence,
+                        defect,
+                    });
+                }
+                return Ok(at);
+            }
+        }
+    }
+}

@@ -1,0 +1,306 @@
+//! Basic behaviour of the ring on real files and on the fault layer: append, commit, read,
+//! reopen, cursors, wrap-around, full-ring policies, and clear errors for bad rings.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ringbuffer::sim::{CrashMode, SimRing};
+use ringbuffer::{
+    AlignedBuf, CreateOptions, CursorSpec, Error, FullPolicy, ManualClock, RecordKind, Ring,
+    RingOptions,
+};
+
+fn payload(sequence: u64, length: usize) -> AlignedBuf {
+    let mut buffer = AlignedBuf::zeroed(length);
+    for (index, byte) in buffer.as_mut_slice()[..length].iter_mut().enumerate() {
+        *byte = (sequence as usize * 31 + index * 7) as u8;
+    }
+    buffer
+}
+
+fn sim_options() -> RingOptions {
+    RingOptions {
+        clock: Arc::new(ManualClock::new(1_000_000_000)),
+        ..RingOptions::default()
+    }
+}
+
+fn create_sim(capacity: u64, max_payload: u32, options: RingOptions) -> (SimRing, Ring) {
+    let sim = SimRing::new(capacity);
+    let mut create = CreateOptions::new(capacity, 1);
+    create.max_payload_bytes = max_payload;
+    create.ring_id = Some(0xABCD);
+    let ring = Ring::create_on(sim.files(), &create, options).expect("create");
+    (sim, ring)
+}
+
+#[test]
+fn appended_records_read_back_intact_after_reopen() {
+    let directory = tempfile::tempdir().unwrap();
+    let ring_path = directory.path().join("lsstcam");
+    let mut ring = Ring::create(
+        &ring_path,
+        &CreateOptions::new(64 << 20, 1),
+        RingOptions::default(),
+    )
+    .unwrap();
+    for sequence in 1..=20u64 {
+        let length = 1000 + sequence as usize * 5000;
+        let buffer = payload(sequence, length);
+        let appended = ring
+            .append(RecordKind::Frame, 0, buffer.as_slice(), length)
+            .unwrap();
+        assert_eq!(appended.sequence, sequence);
+    }
+    assert_eq!(ring.commit().unwrap(), 20);
+    drop(ring);
+
+    let ring = Ring::open(&ring_path, RingOptions::default()).unwrap();
+    assert_eq!(ring.durable_sequence(), 20);
+    let mut reader = ring.reader("drain").unwrap();
+    for sequence in 1..=20u64 {
+        let length = 1000 + sequence as usize * 5000;
+        let record = reader.next_record().unwrap().expect("record present");
+        assert_eq!(record.info.sequence, sequence);
+        assert_eq!(
+            record.payload,
+            &payload(sequence, length).as_slice()[..length]
+        );
+    }
+    assert!(reader.next_record().unwrap().is_none());
+}
+
+#[test]
+fn second_writer_is_refused_while_the_first_holds_the_lock() {
+    let directory = tempfile::tempdir().unwrap();
+    let _ring = Ring::create(
+        directory.path(),
+        &CreateOptions::new(1 << 20, 1),
+        RingOptions::default(),
+    )
+    .unwrap();
+    let error = Ring::open(directory.path(), RingOptions::default()).unwrap_err();
+    assert!(matches!(error, Error::Locked { .. }), "{error}");
+}
+
+#[test]
+fn create_refuses_to_format_an_existing_ring() {
+    let directory = tempfile::tempdir().unwrap();
+    let ring = Ring::create(
+        directory.path(),
+        &CreateOptions::new(1 << 20, 1),
+        RingOptions::default(),
+    )
+    .unwrap();
+    drop(ring);
+    let error = Ring::create(
+        directory.path(),
+        &CreateOptions::new(1 << 20, 1),
+        RingOptions::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(error, Error::AlreadyExists { .. }), "{error}");
+    assert!(error.to_string().contains("--force"), "{error}");
+}
+
+#[test]
+fn ring_wraps_around_and_reclaims_only_behind_the_drain_cursor() {
+    let (_sim, mut ring) = create_sim(256 << 10, 16 << 10, sim_options());
+    let mut reader = ring.reader("drain").unwrap();
+    let mut next_expected = 1u64;
+    for sequence in 1..=200u64 {
+        let length = 1 + (sequence as usize * 977) % (12 << 10);
+        let buffer = payload(sequence, length);
+        loop {
+            match ring.append(RecordKind::Frame, 0, buffer.as_slice(), length) {
+                Ok(appended) => {
+                    assert_eq!(appended.sequence, sequence);
+                    break;
+                }
+                Err(Error::WouldBlock { .. }) => {
+                    ring.commit().unwrap();
+                    while let Some(record) = reader.next_record().unwrap() {
+                        let expected_length = 1 + (next_expected as usize * 977) % (12 << 10);
+                        assert_eq!(record.info.sequence, next_expected);
+                        assert_eq!(
+                            record.payload,
+                            &payload(next_expected, expected_length).as_slice()[..expected_length]
+                        );
+                        next_expected += 1;
+                    }
+                    reader.commit().unwrap();
+                }
+                Err(other) => panic!("unexpected {other}"),
+            }
+        }
+    }
+    ring.commit().unwrap();
+    while let Some(record) = reader.next_record().unwrap() {
+        assert_eq!(record.info.sequence, next_expected);
+        next_expected += 1;
+    }
+    assert_eq!(next_expected, 201);
+    assert!(ring.verify().unwrap().is_clean());
+}
+
+#[test]
+fn full_ring_rejects_under_reject_policy_and_counts_it() {
+    let options = RingOptions {
+        full_policy: FullPolicy::Reject,
+        ..sim_options()
+    };
+    let (_sim, mut ring) = create_sim(64 << 10, 8 << 10, options);
+    let buffer = payload(1, 4096);
+    let mut accepted = 0;
+    loop {
+        match ring.append(RecordKind::Frame, 0, buffer.as_slice(), 4096) {
+            Ok(_) => accepted += 1,
+            Err(Error::Rejected {
+                needed_bytes,
+                free_bytes,
+            }) => {
+                assert_eq!(needed_bytes, 8192);
+                assert!(free_bytes < needed_bytes);
+                break;
+            }
+            Err(other) => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(accepted, 8);
+    ring.commit().unwrap();
+    assert_eq!(ring.stats().rejected_full_total, 1);
+    // Nothing was overwritten: all eight records are still there.
+    assert_eq!(ring.verify().unwrap().good_records, 8);
+}
+
+#[test]
+fn full_ring_blocks_until_the_drain_commits() {
+    let (_sim, mut ring) = create_sim(64 << 10, 8 << 10, sim_options());
+    let buffer = payload(1, 4096);
+    for _ in 0..8 {
+        ring.append(RecordKind::Frame, 0, buffer.as_slice(), 4096)
+            .unwrap();
+    }
+    ring.commit().unwrap();
+    let error = ring
+        .append(RecordKind::Frame, 0, buffer.as_slice(), 4096)
+        .unwrap_err();
+    assert!(matches!(error, Error::WouldBlock { .. }), "{error}");
+    let mut reader = ring.reader("drain").unwrap();
+    let drainer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        reader.next_record().unwrap().expect("record");
+        reader.commit().unwrap();
+    });
+    let appended = ring
+        .append_blocking(
+            RecordKind::Frame,
+            0,
+            buffer.as_slice(),
+            4096,
+            Duration::from_secs(10),
+        )
+        .unwrap();
+    assert_eq!(appended.sequence, 9);
+    drainer.join().unwrap();
+}
+
+#[test]
+fn optional_cursor_is_overrun_not_blocking() {
+    let options = RingOptions {
+        cursors: vec![
+            CursorSpec::required("drain"),
+            CursorSpec::optional("prompt"),
+        ],
+        ..sim_options()
+    };
+    let (_sim, mut ring) = create_sim(64 << 10, 8 << 10, options);
+    let mut drain = ring.reader("drain").unwrap();
+    let mut prompt = ring.reader("prompt").unwrap();
+    let buffer = payload(1, 4096);
+    for _ in 0..20 {
+        if ring
+            .append(RecordKind::Frame, 0, buffer.as_slice(), 4096)
+            .is_err()
+        {
+            ring.commit().unwrap();
+            while drain.next_record().unwrap().is_some() {}
+            drain.commit().unwrap();
+            ring.append(RecordKind::Frame, 0, buffer.as_slice(), 4096)
+                .unwrap();
+        }
+    }
+    ring.commit().unwrap();
+    let first = prompt.next_record().unwrap().expect("record").info.sequence;
+    assert!(
+        first > 1,
+        "prompt should have skipped reclaimed records, got {first}"
+    );
+    assert!(ring.stats().overrun_records_total > 0);
+}
+
+#[test]
+fn readers_follow_the_durable_head_live() {
+    let (_sim, mut ring) = create_sim(1 << 20, 8 << 10, sim_options());
+    let mut reader = ring.reader("prompt").unwrap();
+    let follower = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        while seen.len() < 5 {
+            if !reader.wait_for_data(Duration::from_secs(10)) {
+                panic!("timed out waiting for data");
+            }
+            while let Some(record) = reader.next_record().unwrap() {
+                seen.push(record.info.sequence);
+            }
+        }
+        seen
+    });
+    let buffer = payload(1, 100);
+    for _ in 0..5 {
+        ring.append(RecordKind::Frame, 0, buffer.as_slice(), 100)
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        ring.commit().unwrap();
+    }
+    assert_eq!(follower.join().unwrap(), vec![1, 2, 3, 4, 5]);
+}
+
+#[test]
+fn uncommitted_records_are_not_visible_and_not_kept_after_crash() {
+    let (sim, mut ring) = create_sim(1 << 20, 8 << 10, sim_options());
+    let buffer = payload(1, 100);
+    ring.append(RecordKind::Frame, 0, buffer.as_slice(), 100)
+        .unwrap();
+    ring.commit().unwrap();
+    ring.append(RecordKind::Frame, 0, buffer.as_slice(), 100)
+        .unwrap();
+    let mut reader = ring.reader("archive").unwrap();
+    assert_eq!(reader.next_record().unwrap().unwrap().info.sequence, 1);
+    assert!(
+        reader.next_record().unwrap().is_none(),
+        "unsynced record must not be visible"
+    );
+    drop(reader);
+    drop(ring);
+    sim.crash(CrashMode::DropUnsynced);
+    let ring = Ring::open_on(sim.files(), sim_options()).unwrap();
+    assert_eq!(ring.durable_sequence(), 1);
+}
+
+#[test]
+fn misaligned_payload_is_refused() {
+    let (_sim, mut ring) = create_sim(1 << 20, 8 << 10, sim_options());
+    let buffer = AlignedBuf::zeroed(8192);
+    let error = ring
+        .append(RecordKind::Frame, 0, &buffer.as_slice()[1..4097], 4096)
+        .unwrap_err();
+    assert!(matches!(error, Error::Misaligned { .. }), "{error}");
+    let error = ring
+        .append(RecordKind::Frame, 0, buffer.as_slice(), 100)
+        .unwrap_err();
+    assert!(matches!(error, Error::Misaligned { .. }), "{error}");
+    let error = ring
+        .append_copy(RecordKind::Frame, 0, &vec![0u8; 9000])
+        .unwrap_err();
+    assert!(matches!(error, Error::TooLarge { .. }), "{error}");
+}
