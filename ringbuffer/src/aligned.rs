@@ -61,7 +61,7 @@ impl core::fmt::Debug for AlignedBuf {
 
 /// Whether `bytes` starts on a 4096-byte boundary.
 pub fn is_block_aligned(bytes: &[u8]) -> bool {
-    (bytes.as_ptr() as usize) % BLOCK_BYTES_USIZE == 0
+    (bytes.as_ptr() as usize).is_multiple_of(BLOCK_BYTES_USIZE)
 }
 
 #[cfg(test)]

@@ -68,7 +68,7 @@ impl CreateOptions {
     }
 
     pub(crate) fn validate(&self) -> Result<()> {
-        if self.capacity_bytes == 0 || self.capacity_bytes % BLOCK_BYTES != 0 {
+        if self.capacity_bytes == 0 || !self.capacity_bytes.is_multiple_of(BLOCK_BYTES) {
             return Err(Error::InvalidConfig {
                 field: "capacity_bytes",
                 value: self.capacity_bytes.to_string(),

@@ -721,7 +721,7 @@ impl Ring {
         let block = self.header_block.as_mut_slice();
         block[..64].copy_from_slice(header.as_bytes());
         let physical = self.shared.physical(at.offset);
-        assert!(physical % BLOCK_BYTES == 0);
+        assert!(physical.is_multiple_of(BLOCK_BYTES));
         assert!(physical + BLOCK_BYTES + padded.len() as u64 <= geometry.capacity_bytes);
         let data = &self.shared.files.data;
         let result = if padded.is_empty() {
@@ -1222,20 +1222,17 @@ fn scan_after_checkpoint(
                 at = resume;
             }
             ScanStep::End { defect } => {
-                if recovered_records > 0 || defect != RecordDefect::Zeroed {
-                    tracing::info!(
-                        ring = %shared.display_location(),
-                        recovered_records,
-                        head_sequence = at.sequence,
-                        "recovery scan finished"
-                    );
-                }
-                if !matches!(
-                    defect,
-                    RecordDefect::Zeroed
-                        | RecordDefect::OldGeneration(_)
-                        | RecordDefect::Misplaced(_)
-                ) {
+                // The 64-byte header lies in one sector, written atomically: a header that is not
+                // valid here is what an earlier lap (or nothing) left, the normal end of the log.
+                // A valid header of this generation with a bad payload is a torn write.
+                tracing::info!(
+                    ring = %shared.display_location(),
+                    recovered_records,
+                    head_sequence = at.sequence,
+                    end = %defect,
+                    "recovery scan reached the end of the log"
+                );
+                if defect == RecordDefect::PayloadCrc {
                     shared
                         .counters
                         .torn_tail_truncations_total
