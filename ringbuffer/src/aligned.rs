@@ -25,9 +25,7 @@ impl AlignedBuf {
     /// A zeroed buffer of at least `len_bytes`, rounded up to a multiple of 4096.
     pub fn zeroed(len_bytes: usize) -> Self {
         let block_count = len_bytes.div_ceil(BLOCK_BYTES_USIZE);
-        Self {
-            blocks: vec![Block([0; BLOCK_BYTES_USIZE]); block_count],
-        }
+        Self { blocks: vec![Block([0; BLOCK_BYTES_USIZE]); block_count] }
     }
 
     /// Length in bytes (a multiple of 4096).
@@ -53,9 +51,7 @@ impl AlignedBuf {
 
 impl core::fmt::Debug for AlignedBuf {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("AlignedBuf")
-            .field("len", &self.len())
-            .finish()
+        f.debug_struct("AlignedBuf").field("len", &self.len()).finish()
     }
 }
 

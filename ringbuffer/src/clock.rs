@@ -19,9 +19,7 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now_ns(&self) -> u64 {
-        let since_epoch = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
+        let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         u64::try_from(since_epoch.as_nanos()).unwrap_or(u64::MAX)
     }
 }
@@ -35,9 +33,7 @@ pub struct ManualClock {
 impl ManualClock {
     /// A clock reading `start_ns`.
     pub fn new(start_ns: u64) -> Self {
-        Self {
-            now_ns: AtomicU64::new(start_ns),
-        }
+        Self { now_ns: AtomicU64::new(start_ns) }
     }
 
     /// Moves the clock forward.

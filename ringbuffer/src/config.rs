@@ -56,15 +56,9 @@ impl CreateOptions {
     /// A ring of `capacity_bytes` for `stream_id`; maximum payload 16 MiB, or an eighth of the
     /// capacity for rings smaller than 128 MiB.
     pub fn new(capacity_bytes: u64, stream_id: u32) -> Self {
-        let max_payload_bytes = u32::try_from((capacity_bytes / 8).min(DEFAULT_MAX_PAYLOAD_BYTES))
-            .expect("at most 16 MiB");
-        Self {
-            capacity_bytes,
-            stream_id,
-            max_payload_bytes,
-            ring_id: None,
-            force: false,
-        }
+        let max_payload_bytes =
+            u32::try_from((capacity_bytes / 8).min(DEFAULT_MAX_PAYLOAD_BYTES)).expect("at most 16 MiB");
+        Self { capacity_bytes, stream_id, max_payload_bytes, ring_id: None, force: false }
     }
 
     pub(crate) fn validate(&self) -> Result<()> {
@@ -75,9 +69,7 @@ impl CreateOptions {
                 reason: "must be a positive multiple of 4096".into(),
             });
         }
-        if self.max_payload_bytes == 0
-            || u64::from(self.max_payload_bytes) > self.capacity_bytes / 8
-        {
+        if self.max_payload_bytes == 0 || u64::from(self.max_payload_bytes) > self.capacity_bytes / 8 {
             return Err(Error::InvalidConfig {
                 field: "max_payload_bytes",
                 value: self.max_payload_bytes.to_string(),
@@ -103,17 +95,11 @@ pub struct CursorSpec {
 impl CursorSpec {
     /// A cursor that holds back reclamation (like `drain`).
     pub fn required(name: &str) -> Self {
-        Self {
-            name: name.into(),
-            required: true,
-        }
+        Self { name: name.into(), required: true }
     }
     /// A cursor that may be overrun when the ring needs space (like `prompt`).
     pub fn optional(name: &str) -> Self {
-        Self {
-            name: name.into(),
-            required: false,
-        }
+        Self { name: name.into(), required: false }
     }
 }
 
@@ -198,9 +184,7 @@ pub(crate) fn validate_cursor_name(name: &str) -> Result<()> {
 /// Parses sizes such as `64GiB`, `512MiB`, `4096`, `1G` (binary units).
 pub fn parse_size_bytes(text: &str) -> Result<u64> {
     let trimmed = text.trim();
-    let split = trimmed
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(trimmed.len());
+    let split = trimmed.find(|c: char| !c.is_ascii_digit()).unwrap_or(trimmed.len());
     let (digits, unit) = trimmed.split_at(split);
     let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
@@ -239,24 +223,9 @@ mod tests {
     fn bad_options_name_the_field() {
         let mut create = CreateOptions::new(1 << 20, 1);
         create.capacity_bytes = 1000;
-        assert!(create
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .contains("capacity_bytes"));
-        let options = RingOptions {
-            cursors: vec![CursorSpec::required("")],
-            ..RingOptions::default()
-        };
-        assert!(options
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .contains("cursor name"));
-        assert!("sometimes"
-            .parse::<FullPolicy>()
-            .unwrap_err()
-            .to_string()
-            .contains("full_policy"));
+        assert!(create.validate().unwrap_err().to_string().contains("capacity_bytes"));
+        let options = RingOptions { cursors: vec![CursorSpec::required("")], ..RingOptions::default() };
+        assert!(options.validate().unwrap_err().to_string().contains("cursor name"));
+        assert!("sometimes".parse::<FullPolicy>().unwrap_err().to_string().contains("full_policy"));
     }
 }

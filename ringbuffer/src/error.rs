@@ -40,7 +40,9 @@ pub enum Error {
         supported: u16,
     },
     /// A ring file is shorter or longer than its checkpoint says.
-    #[error("{path}: file is {actual_bytes} bytes but the ring needs {expected_bytes}: truncated or replaced")]
+    #[error(
+        "{path}: file is {actual_bytes} bytes but the ring needs {expected_bytes}: truncated or replaced"
+    )]
     WrongSize {
         /// The file.
         path: PathBuf,
@@ -102,8 +104,10 @@ pub enum Error {
         max_bytes: u64,
     },
     /// The payload buffer is not 4096-aligned or not padded to a multiple of 4096 bytes.
-    #[error("payload buffer must start on a 4096-byte boundary and be padded to a multiple of 4096 bytes \
-             (address {address:#x}, padded length {padded_bytes}, payload length {length_bytes})")]
+    #[error(
+        "payload buffer must start on a 4096-byte boundary and be padded to a multiple of 4096 bytes \
+             (address {address:#x}, padded length {padded_bytes}, payload length {length_bytes})"
+    )]
     Misaligned {
         /// Buffer address.
         address: usize,
@@ -125,14 +129,6 @@ pub enum Error {
 /// Result with the ring's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-pub(crate) fn io_error(
-    path: &std::path::Path,
-    operation: &'static str,
-    source: io::Error,
-) -> Error {
-    Error::Io {
-        path: path.to_path_buf(),
-        operation,
-        source,
-    }
+pub(crate) fn io_error(path: &std::path::Path, operation: &'static str, source: io::Error) -> Error {
+    Error::Io { path: path.to_path_buf(), operation, source }
 }

@@ -185,8 +185,7 @@ impl RecordHeader {
         payload: &[u8],
         timestamp_ns: u64,
     ) -> Self {
-        let payload_length =
-            u32::try_from(payload.len()).expect("payload length checked by caller");
+        let payload_length = u32::try_from(payload.len()).expect("payload length checked by caller");
         let mut header = Self {
             magic: RECORD_MAGIC.into(),
             format_version: FORMAT_VERSION.into(),
@@ -226,11 +225,7 @@ impl RecordHeader {
     pub fn validate(&self, block: &[u8], expect: &Expectation) -> Result<(), RecordDefect> {
         if self.magic.get() != RECORD_MAGIC {
             let zeroed = block.iter().all(|&b| b == 0);
-            return Err(if zeroed {
-                RecordDefect::Zeroed
-            } else {
-                RecordDefect::BadMagic
-            });
+            return Err(if zeroed { RecordDefect::Zeroed } else { RecordDefect::BadMagic });
         }
         if self.header_crc32.get() != self.compute_header_crc() {
             return Err(RecordDefect::HeaderCrc);
@@ -421,9 +416,7 @@ impl CheckpointSlot {
         }
         let capacity = slot.capacity_bytes.get();
         if capacity == 0 || capacity % BLOCK_BYTES != 0 {
-            return Err(SlotDefect::Inconsistent(
-                "capacity is not a positive multiple of 4096",
-            ));
+            return Err(SlotDefect::Inconsistent("capacity is not a positive multiple of 4096"));
         }
         if slot.head_offset.get() < slot.tail_offset.get() {
             return Err(SlotDefect::Inconsistent("head is behind tail"));
@@ -446,11 +439,7 @@ impl CheckpointSlot {
 impl CursorEntry {
     /// The cursor's name as text (names are validated as UTF-8 when created).
     pub fn name_str(&self) -> &str {
-        let end = self
-            .name
-            .iter()
-            .position(|&b| b == 0)
-            .unwrap_or(CURSOR_NAME_BYTES);
+        let end = self.name.iter().position(|&b| b == 0).unwrap_or(CURSOR_NAME_BYTES);
         core::str::from_utf8(&self.name[..end]).unwrap_or("<invalid utf-8>")
     }
 }
@@ -484,38 +473,23 @@ mod tests {
         assert_eq!(decoded, header);
         assert_eq!(decoded.validate(&block, &expectation(8192, 42)), Ok(()));
         assert_eq!(decoded.validate_payload(payload), Ok(()));
-        assert_eq!(
-            decoded.validate_payload(b"pixelz"),
-            Err(RecordDefect::PayloadCrc)
-        );
+        assert_eq!(decoded.validate_payload(b"pixelz"), Err(RecordDefect::PayloadCrc));
     }
 
     #[test]
     fn header_defects_are_named() {
         let header = RecordHeader::new(RecordKind::Frame, 0, 42, 8192, 7, 1, 2, b"x", 0);
         let block = block_with(&header);
-        assert_eq!(
-            header.validate(&block, &expectation(4096, 42)),
-            Err(RecordDefect::Misplaced(8192))
-        );
-        assert_eq!(
-            header.validate(&block, &expectation(8192, 43)),
-            Err(RecordDefect::SequenceGap(42))
-        );
+        assert_eq!(header.validate(&block, &expectation(4096, 42)), Err(RecordDefect::Misplaced(8192)));
+        assert_eq!(header.validate(&block, &expectation(8192, 43)), Err(RecordDefect::SequenceGap(42)));
         let mut other_ring = expectation(8192, 42);
         other_ring.ring_id = 8;
-        assert_eq!(
-            header.validate(&block, &other_ring),
-            Err(RecordDefect::ForeignRing)
-        );
+        assert_eq!(header.validate(&block, &other_ring), Err(RecordDefect::ForeignRing));
 
         let mut flipped = block.clone();
         flipped[20] ^= 0x10;
         let torn = RecordHeader::from_block(&flipped);
-        assert_eq!(
-            torn.validate(&flipped, &expectation(8192, 42)),
-            Err(RecordDefect::HeaderCrc)
-        );
+        assert_eq!(torn.validate(&flipped, &expectation(8192, 42)), Err(RecordDefect::HeaderCrc));
 
         let zeros = vec![0u8; BLOCK_BYTES_USIZE];
         assert_eq!(

@@ -52,6 +52,9 @@ pub use config::{parse_size_bytes, CreateOptions, CursorSpec, FullPolicy, RingOp
 pub use error::{Error, Result};
 pub use layout::{RecordDefect, RecordKind};
 pub use reader::{Reader, Record, RecordInfo};
-pub use ring::{open_read_only, open_read_only_on, Appended, OpenMode, Position, Ring};
+pub use ring::{
+    open_read_only, open_read_only_on, Appended, BatchRecord, OpenMode, Position, Ring, MAX_BATCH_RECORDS,
+    MAX_IO_DEPTH,
+};
 pub use stats::{BadRegion, CursorStats, RingEvent, RingEventKind, RingStats, VerifyReport};
 pub use storage::{FileStorage, RingFiles, Storage};

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use crate::aligned::AlignedBuf;
 use crate::error::{Error, Result};
 use crate::layout::{
-    round_up_to_block, stored_record_bytes, Expectation, RecordDefect, RecordHeader, RecordKind,
-    BLOCK_BYTES, BLOCK_BYTES_USIZE,
+    round_up_to_block, stored_record_bytes, Expectation, RecordDefect, RecordHeader, RecordKind, BLOCK_BYTES,
+    BLOCK_BYTES_USIZE,
 };
 use crate::ring::{OpenMode, Position, ScanStep, Shared};
 use crate::stats::RingEventKind;
@@ -35,10 +35,8 @@ impl Scanner {
         Self {
             header_block: AlignedBuf::zeroed(BLOCK_BYTES_USIZE),
             payload: AlignedBuf::zeroed(
-                usize::try_from(round_up_to_block(u64::from(
-                    shared.geometry.max_payload_bytes,
-                )))
-                .expect("fits"),
+                usize::try_from(round_up_to_block(u64::from(shared.geometry.max_payload_bytes)))
+                    .expect("fits"),
             ),
             search_chunk: AlignedBuf::zeroed(SEARCH_CHUNK_BYTES),
         }
@@ -60,17 +58,13 @@ impl Scanner {
         let capacity = shared.geometry.capacity_bytes;
         shared.read_data(at.offset, self.header_block.as_mut_slice())?;
         let header = RecordHeader::from_block(self.header_block.as_slice());
-        if let Err(defect) = header.validate(
-            self.header_block.as_slice(),
-            &shared.expectation(at, min_generation),
-        ) {
+        if let Err(defect) =
+            header.validate(self.header_block.as_slice(), &shared.expectation(at, min_generation))
+        {
             return self.resync(shared, at, defect, min_generation, limit, known_head);
         }
         if header.record_kind() == Some(RecordKind::Padding) {
-            let next = Position {
-                offset: shared.next_lap_start(at.offset),
-                sequence: at.sequence,
-            };
+            let next = Position { offset: shared.next_lap_start(at.offset), sequence: at.sequence };
             return Ok(ScanStep::Valid { header, next });
         }
         let stored = header.stored_bytes();
@@ -80,54 +74,30 @@ impl Scanner {
             return self.resync(shared, at, defect, min_generation, limit, known_head);
         }
         let payload_length = header.payload_length.get() as usize;
-        let padded_length =
-            usize::try_from(round_up_to_block(payload_length as u64)).expect("fits");
+        let padded_length = usize::try_from(round_up_to_block(payload_length as u64)).expect("fits");
         if padded_length > 0 {
-            shared.read_data(
-                at.offset + BLOCK_BYTES,
-                &mut self.payload.as_mut_slice()[..padded_length],
-            )?;
+            shared.read_data(at.offset + BLOCK_BYTES, &mut self.payload.as_mut_slice()[..padded_length])?;
         }
-        let next = Position {
-            offset: at.offset + stored,
-            sequence: at.sequence + 1,
-        };
+        let next = Position { offset: at.offset + stored, sequence: at.sequence + 1 };
         if let Err(defect) = header.validate_payload(&self.payload.as_slice()[..payload_length]) {
             // The header is sound, so the next record's position is known: it decides between
             // corruption in the middle (something valid follows) and a torn tail.
             if let Some(head) = known_head {
-                let resume = if next.offset <= head.offset {
-                    next
-                } else {
-                    head
-                };
+                let resume = if next.offset <= head.offset { next } else { head };
                 return Ok(ScanStep::Resynced { defect, resume });
             }
             if next.offset < limit && self.header_is_valid_at(shared, next, min_generation)? {
-                return Ok(ScanStep::Resynced {
-                    defect,
-                    resume: next,
-                });
+                return Ok(ScanStep::Resynced { defect, resume: next });
             }
             return Ok(ScanStep::End { defect });
         }
         Ok(ScanStep::Valid { header, next })
     }
 
-    fn header_is_valid_at(
-        &mut self,
-        shared: &Shared,
-        at: Position,
-        min_generation: u32,
-    ) -> Result<bool> {
+    fn header_is_valid_at(&mut self, shared: &Shared, at: Position, min_generation: u32) -> Result<bool> {
         shared.read_data(at.offset, self.header_block.as_mut_slice())?;
         let header = RecordHeader::from_block(self.header_block.as_slice());
-        Ok(header
-            .validate(
-                self.header_block.as_slice(),
-                &shared.expectation(at, min_generation),
-            )
-            .is_ok())
+        Ok(header.validate(self.header_block.as_slice(), &shared.expectation(at, min_generation)).is_ok())
     }
 
     /// Searches forward from a bad record for the next valid header (any sequence at or after
@@ -142,48 +112,32 @@ impl Scanner {
         known_head: Option<Position>,
     ) -> Result<ScanStep> {
         let capacity = shared.geometry.capacity_bytes;
-        let window =
-            2 * stored_record_bytes(u64::from(shared.geometry.max_payload_bytes)) + BLOCK_BYTES;
+        let window = 2 * stored_record_bytes(u64::from(shared.geometry.max_payload_bytes)) + BLOCK_BYTES;
         let search_end = limit.min(at.offset + window);
         let mut probe = at.offset + BLOCK_BYTES;
         while probe < search_end {
             let physical = shared.physical(probe);
-            let chunk_bytes = (SEARCH_CHUNK_BYTES as u64)
-                .min(capacity - physical)
-                .min(search_end - probe);
+            let chunk_bytes = (SEARCH_CHUNK_BYTES as u64).min(capacity - physical).min(search_end - probe);
             let chunk_length = usize::try_from(chunk_bytes).expect("chunk fits");
             shared.read_data(probe, &mut self.search_chunk.as_mut_slice()[..chunk_length])?;
-            for (index, block) in self.search_chunk.as_slice()[..chunk_length]
-                .chunks(BLOCK_BYTES_USIZE)
-                .enumerate()
+            for (index, block) in
+                self.search_chunk.as_slice()[..chunk_length].chunks(BLOCK_BYTES_USIZE).enumerate()
             {
                 let candidate_offset = probe + (index * BLOCK_BYTES_USIZE) as u64;
                 let header = RecordHeader::from_block(block);
                 let expect = Expectation {
                     sequence: None,
-                    ..shared.expectation(
-                        Position {
-                            offset: candidate_offset,
-                            sequence: 0,
-                        },
-                        min_generation,
-                    )
+                    ..shared.expectation(Position { offset: candidate_offset, sequence: 0 }, min_generation)
                 };
                 if header.validate(block, &expect).is_ok() && header.sequence.get() >= at.sequence {
-                    let resume = Position {
-                        offset: candidate_offset,
-                        sequence: header.sequence.get(),
-                    };
+                    let resume = Position { offset: candidate_offset, sequence: header.sequence.get() };
                     return Ok(ScanStep::Resynced { defect, resume });
                 }
             }
             probe += chunk_bytes;
         }
         match known_head {
-            Some(head) if head.offset > at.offset => Ok(ScanStep::Resynced {
-                defect,
-                resume: head,
-            }),
+            Some(head) if head.offset > at.offset => Ok(ScanStep::Resynced { defect, resume: head }),
             _ => Ok(ScanStep::End { defect }),
         }
     }
@@ -228,23 +182,15 @@ pub struct Reader {
 }
 
 impl Reader {
-    pub(crate) fn open(
-        shared: Arc<Shared>,
-        name: &str,
-        start_at_cursor: Option<&str>,
-    ) -> Result<Self> {
+    pub(crate) fn open(shared: Arc<Shared>, name: &str, start_at_cursor: Option<&str>) -> Result<Self> {
         let (cursor_index, position) = {
             let mut state = shared.state();
             let known: Vec<String> = state.cursors.iter().map(|c| c.name.to_string()).collect();
             let find = |wanted: &str| {
-                state
-                    .cursors
-                    .iter()
-                    .position(|c| c.name.as_str() == wanted)
-                    .ok_or_else(|| Error::Cursor {
-                        name: wanted.into(),
-                        reason: format!("no such cursor (this ring has: {})", known.join(", ")),
-                    })
+                state.cursors.iter().position(|c| c.name.as_str() == wanted).ok_or_else(|| Error::Cursor {
+                    name: wanted.into(),
+                    reason: format!("no such cursor (this ring has: {})", known.join(", ")),
+                })
             };
             let cursor_index = find(name)?;
             let start_index = match start_at_cursor {
@@ -252,10 +198,7 @@ impl Reader {
                 None => cursor_index,
             };
             if state.cursors[cursor_index].in_use {
-                return Err(Error::Cursor {
-                    name: name.into(),
-                    reason: "already has an open reader".into(),
-                });
+                return Err(Error::Cursor { name: name.into(), reason: "already has an open reader".into() });
             }
             state.cursors[cursor_index].in_use = true;
             let mut position = state.cursors[start_index].persisted;
@@ -265,13 +208,7 @@ impl Reader {
             (cursor_index, position)
         };
         let scanner = Scanner::new(&shared);
-        Ok(Self {
-            shared,
-            cursor_index,
-            name: name.into(),
-            position,
-            scanner,
-        })
+        Ok(Self { shared, cursor_index, name: name.into(), position, scanner })
     }
 
     /// The cursor's name.
@@ -290,10 +227,7 @@ impl Reader {
         let Some((info, payload_length)) = self.advance()? else {
             return Ok(None);
         };
-        Ok(Some(Record {
-            info,
-            payload: &self.scanner.payload.as_slice()[..payload_length],
-        }))
+        Ok(Some(Record { info, payload: &self.scanner.payload.as_slice()[..payload_length] }))
     }
 
     fn advance(&mut self) -> Result<Option<(RecordInfo, usize)>> {
@@ -311,9 +245,7 @@ impl Reader {
                 continue;
             }
             let at = self.position;
-            let step = self
-                .scanner
-                .step(&shared, at, 0, durable.offset, Some(durable))?;
+            let step = self.scanner.step(&shared, at, 0, durable.offset, Some(durable))?;
             // The writer may have reused this space while we read (only for optional cursors):
             // that is an overrun, not corruption.
             if self.skip_if_overrun(shared.state().tail) {
@@ -340,10 +272,10 @@ impl Reader {
                     return Ok(Some((info, header.payload_length.get() as usize)));
                 }
                 ScanStep::Resynced { defect, resume } => {
-                    shared.counters.quarantined_records_total.fetch_add(
-                        resume.sequence.saturating_sub(at.sequence).max(1),
-                        Ordering::Relaxed,
-                    );
+                    shared
+                        .counters
+                        .quarantined_records_total
+                        .fetch_add(resume.sequence.saturating_sub(at.sequence).max(1), Ordering::Relaxed);
                     shared.record_event(RingEventKind::Quarantined {
                         logical_offset: at.offset,
                         lap: at.offset / capacity,
@@ -364,10 +296,7 @@ impl Reader {
             return false;
         }
         let skipped_records = tail.sequence - self.position.sequence;
-        self.shared
-            .counters
-            .overrun_records_total
-            .fetch_add(skipped_records, Ordering::Relaxed);
+        self.shared.counters.overrun_records_total.fetch_add(skipped_records, Ordering::Relaxed);
         self.shared.record_event(RingEventKind::CursorOverrun {
             cursor: short_name(&self.name),
             from_sequence: self.position.sequence,
@@ -409,10 +338,7 @@ impl Reader {
     /// reused.
     pub fn commit_at(&mut self, position: Position) -> Result<()> {
         if self.shared.mode == OpenMode::ReadOnly {
-            return Err(Error::Cursor {
-                name: self.name.clone(),
-                reason: "ring opened read-only".into(),
-            });
+            return Err(Error::Cursor { name: self.name.clone(), reason: "ring opened read-only".into() });
         }
         let persisted = self.shared.state().cursors[self.cursor_index].persisted;
         if position.offset > self.position.offset || position.sequence > self.position.sequence {

@@ -28,9 +28,7 @@ use crate::layout::{
     CURSOR_FLAG_REQUIRED, CURSOR_NAME_BYTES, FORMAT_VERSION, MAX_CURSORS, META_FILE_BYTES,
 };
 use crate::stats::{Counters, EventLog, RateEstimator, RingEvent, RingEventKind};
-use crate::storage::{
-    FileStorage, RingFiles, Storage, DATA_FILE_NAME, LOCK_FILE_NAME, META_FILE_NAME,
-};
+use crate::storage::{FileStorage, RingFiles, Storage, DATA_FILE_NAME, LOCK_FILE_NAME, META_FILE_NAME};
 
 /// A point in the ring: the logical offset of a record and its sequence number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -46,6 +44,31 @@ pub struct Position {
 pub(crate) struct RateSample {
     pub time_ns: u64,
     pub head_offset: u64,
+}
+
+/// Most records in one [`Ring::append_batch`].
+pub const MAX_BATCH_RECORDS: usize = 64;
+/// Most writes in flight in one [`Ring::append_batch`].
+pub const MAX_IO_DEPTH: usize = 16;
+
+/// One record of a batch: the same arguments as [`Ring::append`].
+#[derive(Clone, Copy, Debug)]
+pub struct BatchRecord<'a> {
+    /// Kind.
+    pub kind: RecordKind,
+    /// Application flags.
+    pub flags: u8,
+    /// 4096-aligned payload buffer, padded to a multiple of 4096 bytes.
+    pub padded: &'a [u8],
+    /// Payload length inside `padded`.
+    pub payload_length: usize,
+}
+
+/// A write planned by `append_batch`: a record (index into the batch) or padding (`None`).
+#[derive(Clone, Copy, Debug)]
+struct PlannedWrite {
+    at: Position,
+    record: Option<usize>,
 }
 
 /// What an append returns: where the record went. It is *not yet durable*; it is acknowledged
@@ -121,9 +144,7 @@ pub(crate) struct Shared {
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic in another thread while holding the lock leaves plain data behind; the ring's
     // own invariants are re-checked on every read, so continuing is safe.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Shared {
@@ -132,10 +153,7 @@ impl Shared {
     }
 
     pub(crate) fn record_event(&self, kind: RingEventKind) {
-        let event = RingEvent {
-            time_ns: self.options.clock.now_ns(),
-            kind,
-        };
+        let event = RingEvent { time_ns: self.options.clock.now_ns(), kind };
         event.log(self.display_location());
         lock(&self.events).push(event);
     }
@@ -183,9 +201,7 @@ impl Shared {
         }
         self.poisoned_flag.store(true, Ordering::SeqCst);
         drop(state);
-        self.record_event(RingEventKind::Poisoned {
-            cause: short_text(&cause),
-        });
+        self.record_event(RingEventKind::Poisoned { cause: short_text(&cause) });
         self.space_freed.notify_all();
         Error::Poisoned { cause }
     }
@@ -232,10 +248,9 @@ impl Shared {
             )));
         }
         if let Err(source) = meta_storage.sync_data() {
-            return Err(self.poison(format!(
-                "fdatasync of {} failed: {source}",
-                meta_storage.location().display()
-            )));
+            return Err(
+                self.poison(format!("fdatasync of {} failed: {source}", meta_storage.location().display()))
+            );
         }
         meta.checkpoint_sequence = next_sequence;
         {
@@ -245,9 +260,7 @@ impl Shared {
             }
             state.tail = compute_tail(&state.cursors, state.durable);
         }
-        self.counters
-            .checkpoints_total
-            .fetch_add(1, Ordering::Relaxed);
+        self.counters.checkpoints_total.fetch_add(1, Ordering::Relaxed);
         self.space_freed.notify_all();
         Ok(())
     }
@@ -259,10 +272,7 @@ impl Shared {
         tail: Position,
         cursors: &[CursorState],
     ) -> CheckpointSlot {
-        assert!(
-            tail.offset <= head.offset,
-            "tail {tail:?} past head {head:?}"
-        );
+        assert!(tail.offset <= head.offset, "tail {tail:?} past head {head:?}");
         assert!(head.offset - tail.offset <= self.geometry.capacity_bytes);
         let mut slot = CheckpointSlot::zeroed();
         slot.checkpoint_sequence = checkpoint_sequence.into();
@@ -276,22 +286,12 @@ impl Shared {
         slot.head_sequence = head.sequence.into();
         slot.tail_offset = tail.offset.into();
         slot.tail_sequence = tail.sequence.into();
-        slot.quarantined_records_total = self
-            .counters
-            .quarantined_records_total
-            .load(Ordering::Relaxed)
-            .into();
-        slot.cursor_count = u32::try_from(cursors.len())
-            .expect("at most 8 cursors")
-            .into();
+        slot.quarantined_records_total =
+            self.counters.quarantined_records_total.load(Ordering::Relaxed).into();
+        slot.cursor_count = u32::try_from(cursors.len()).expect("at most 8 cursors").into();
         for (entry, cursor) in slot.cursors.iter_mut().zip(cursors) {
             entry.name[..cursor.name.len()].copy_from_slice(cursor.name.as_bytes());
-            entry.flags = if cursor.required {
-                CURSOR_FLAG_REQUIRED
-            } else {
-                0
-            }
-            .into();
+            entry.flags = if cursor.required { CURSOR_FLAG_REQUIRED } else { 0 }.into();
             entry.logical_offset = cursor.persisted.offset.into();
             entry.sequence = cursor.persisted.sequence.into();
         }
@@ -302,12 +302,7 @@ impl Shared {
 
 /// The reclaim point: the slowest persisted required cursor (the head if there is none).
 fn compute_tail(cursors: &[CursorState], head: Position) -> Position {
-    cursors
-        .iter()
-        .filter(|c| c.required)
-        .map(|c| c.persisted)
-        .min()
-        .unwrap_or(head)
+    cursors.iter().filter(|c| c.required).map(|c| c.persisted).min().unwrap_or(head)
 }
 
 fn short_text(text: &str) -> heapless::String<96> {
@@ -328,6 +323,7 @@ pub struct Ring {
     unsynced_records: u64,
     bytes_since_checkpoint: u64,
     header_block: AlignedBuf,
+    batch_headers: AlignedBuf,
     rate: RateEstimator,
     thresholds_crossed: usize,
 }
@@ -335,15 +331,9 @@ pub struct Ring {
 /// Outcome of scanning forward from a known-good position.
 pub(crate) enum ScanStep {
     /// A valid record (or padding) at the expected position.
-    Valid {
-        header: RecordHeader,
-        next: Position,
-    },
+    Valid { header: RecordHeader, next: Position },
     /// An invalid record, and a valid one was found further on.
-    Resynced {
-        defect: RecordDefect,
-        resume: Position,
-    },
+    Resynced { defect: RecordDefect, resume: Position },
     /// An invalid record with nothing valid after it within reach.
     End { defect: RecordDefect },
 }
@@ -356,16 +346,13 @@ impl Ring {
     pub fn create(directory: &Path, create: &CreateOptions, options: RingOptions) -> Result<Self> {
         create.validate()?;
         options.validate()?;
-        std::fs::create_dir_all(directory)
-            .map_err(|e| io_error(directory, "create directory", e))?;
+        std::fs::create_dir_all(directory).map_err(|e| io_error(directory, "create directory", e))?;
         let lock_file = take_lock(directory)?;
         let data_path = directory.join(DATA_FILE_NAME);
         let meta_path = directory.join(META_FILE_NAME);
         if data_path.exists() || meta_path.exists() {
             if !create.force {
-                return Err(Error::AlreadyExists {
-                    path: directory.to_path_buf(),
-                });
+                return Err(Error::AlreadyExists { path: directory.to_path_buf() });
             }
             tracing::warn!(directory = %directory.display(), "create --force: destroying the existing ring");
             for path in [&data_path, &meta_path] {
@@ -382,17 +369,8 @@ impl Ring {
         drop(meta);
         sync_directory(directory)?;
         let files = open_files(directory, options.direct_io)?;
-        let create_unforced = CreateOptions {
-            force: true,
-            ..create.clone()
-        };
-        Self::create_on_inner(
-            files,
-            &create_unforced,
-            options,
-            Some(directory),
-            Some(lock_file),
-        )
+        let create_unforced = CreateOptions { force: true, ..create.clone() };
+        Self::create_on_inner(files, &create_unforced, options, Some(directory), Some(lock_file))
     }
 
     /// Opens the ring in `directory` for writing. Never creates or formats anything.
@@ -400,21 +378,11 @@ impl Ring {
         options.validate()?;
         let lock_file = take_lock(directory)?;
         let files = open_files(directory, options.direct_io)?;
-        Self::open_inner(
-            files,
-            options,
-            OpenMode::ReadWrite,
-            Some(directory),
-            Some(lock_file),
-        )
+        Self::open_inner(files, options, OpenMode::ReadWrite, Some(directory), Some(lock_file))
     }
 
     /// Creates a ring on the given storage (tests and the simulator use [`crate::sim::SimRing`]).
-    pub fn create_on(
-        files: RingFiles,
-        create: &CreateOptions,
-        options: RingOptions,
-    ) -> Result<Self> {
+    pub fn create_on(files: RingFiles, create: &CreateOptions, options: RingOptions) -> Result<Self> {
         create.validate()?;
         options.validate()?;
         Self::create_on_inner(files, create, options, None, None)
@@ -440,18 +408,13 @@ impl Ring {
             for slot_index in 0..CHECKPOINT_SLOTS as u64 {
                 read_meta_block(&*files.meta, slot_index, &mut block)?;
                 if !block.as_slice().iter().all(|&b| b == 0) {
-                    return Err(Error::AlreadyExists {
-                        path: files.meta.location().to_path_buf(),
-                    });
+                    return Err(Error::AlreadyExists { path: files.meta.location().to_path_buf() });
                 }
             }
         }
         let ring_id = create.ring_id.unwrap_or_else(random_ring_id);
         let created_ns = options.clock.now_ns();
-        let start = Position {
-            offset: 0,
-            sequence: 1,
-        };
+        let start = Position { offset: 0, sequence: 1 };
         for checkpoint_sequence in 1..=CHECKPOINT_SLOTS as u64 {
             let mut slot = CheckpointSlot::zeroed();
             slot.checkpoint_sequence = checkpoint_sequence.into();
@@ -475,10 +438,7 @@ impl Ring {
                 .write_all_at(offset, &[block.as_slice()])
                 .map_err(|e| io_error(files.meta.location(), "write initial checkpoint", e))?;
         }
-        files
-            .meta
-            .sync_data()
-            .map_err(|e| io_error(files.meta.location(), "fdatasync", e))?;
+        files.meta.sync_data().map_err(|e| io_error(files.meta.location(), "fdatasync", e))?;
         tracing::info!(
             location = %files.meta.location().display(),
             capacity_bytes = create.capacity_bytes,
@@ -506,6 +466,7 @@ impl Ring {
             unsynced_records: 0,
             bytes_since_checkpoint: 0,
             header_block: AlignedBuf::zeroed(BLOCK_BYTES_USIZE),
+            batch_headers: AlignedBuf::zeroed(2 * MAX_BATCH_RECORDS * BLOCK_BYTES_USIZE),
             rate: RateEstimator::default(),
             thresholds_crossed: 0,
         };
@@ -535,35 +496,12 @@ impl Ring {
     ) -> Result<Appended> {
         self.shared.check_poisoned()?;
         self.check_writable()?;
-        assert!(
-            kind != RecordKind::Padding,
-            "padding records are written by the ring only"
-        );
-        let max_bytes = u64::from(self.shared.geometry.max_payload_bytes);
-        if payload_length as u64 > max_bytes {
-            return Err(Error::TooLarge {
-                length_bytes: payload_length as u64,
-                max_bytes,
-            });
-        }
-        let padded_length =
-            usize::try_from(round_up_to_block(payload_length as u64)).expect("fits");
-        if !is_block_aligned(padded) || padded.len() != padded_length {
-            return Err(Error::Misaligned {
-                address: padded.as_ptr() as usize,
-                padded_bytes: padded.len(),
-                length_bytes: payload_length,
-            });
-        }
+        self.check_payload(kind, padded, payload_length)?;
         let record_bytes = stored_record_bytes(payload_length as u64);
         let start = self.written;
         let capacity = self.shared.geometry.capacity_bytes;
         let remaining_in_lap = capacity - self.shared.physical(start.offset);
-        let padding_bytes = if record_bytes > remaining_in_lap {
-            remaining_in_lap
-        } else {
-            0
-        };
+        let padding_bytes = if record_bytes > remaining_in_lap { remaining_in_lap } else { 0 };
         self.reserve(padding_bytes + record_bytes)?;
 
         let now_ns = self.shared.options.clock.now_ns();
@@ -575,24 +513,146 @@ impl Ring {
         }
         let payload = &padded[..payload_length];
         self.write_record(kind, flags, at, payload, padded, now_ns)?;
-        self.written = Position {
-            offset: at.offset + record_bytes,
-            sequence: at.sequence + 1,
-        };
+        self.written = Position { offset: at.offset + record_bytes, sequence: at.sequence + 1 };
         self.unsynced_records += 1;
         self.bytes_since_checkpoint += padding_bytes + record_bytes;
-        self.shared
-            .counters
-            .appends_total
-            .fetch_add(1, Ordering::Relaxed);
-        self.shared
-            .counters
-            .appended_bytes_total
-            .fetch_add(record_bytes, Ordering::Relaxed);
-        Ok(Appended {
-            sequence: at.sequence,
-            offset: at.offset,
-        })
+        self.shared.counters.appends_total.fetch_add(1, Ordering::Relaxed);
+        self.shared.counters.appended_bytes_total.fetch_add(record_bytes, Ordering::Relaxed);
+        Ok(Appended { sequence: at.sequence, offset: at.offset })
+    }
+
+    fn check_payload(&self, kind: RecordKind, padded: &[u8], payload_length: usize) -> Result<()> {
+        assert!(kind != RecordKind::Padding, "padding records are written by the ring only");
+        let max_bytes = u64::from(self.shared.geometry.max_payload_bytes);
+        if payload_length as u64 > max_bytes {
+            return Err(Error::TooLarge { length_bytes: payload_length as u64, max_bytes });
+        }
+        let padded_length = usize::try_from(round_up_to_block(payload_length as u64)).expect("fits");
+        if !is_block_aligned(padded) || padded.len() != padded_length {
+            return Err(Error::Misaligned {
+                address: padded.as_ptr() as usize,
+                padded_bytes: padded.len(),
+                length_bytes: payload_length,
+            });
+        }
+        Ok(())
+    }
+
+    /// Appends a group of records with up to `io_depth` writes in flight, without copying any
+    /// payload, and returns the sequence numbers they got. Like [`Ring::append`], the records
+    /// are written, not durable, until [`Ring::commit`] returns.
+    ///
+    /// All or nothing for space: if the whole batch does not fit, nothing is written and the full
+    /// policy's error is returned. At most [`MAX_BATCH_RECORDS`] records per batch, at most
+    /// [`MAX_IO_DEPTH`] writes in flight.
+    pub fn append_batch(
+        &mut self,
+        records: &[BatchRecord<'_>],
+        io_depth: usize,
+    ) -> Result<std::ops::RangeInclusive<u64>> {
+        self.shared.check_poisoned()?;
+        self.check_writable()?;
+        if records.is_empty() || records.len() > MAX_BATCH_RECORDS {
+            return Err(Error::InvalidConfig {
+                field: "batch length",
+                value: records.len().to_string(),
+                reason: format!("a batch holds 1 to {MAX_BATCH_RECORDS} records"),
+            });
+        }
+        for record in records {
+            self.check_payload(record.kind, record.padded, record.payload_length)?;
+        }
+        // Lay the batch out: every record, and any padding record before it, gets its position.
+        let geometry = self.shared.geometry;
+        let capacity = geometry.capacity_bytes;
+        let now_ns = self.shared.options.clock.now_ns();
+        let mut writes: heapless::Vec<PlannedWrite, { 2 * MAX_BATCH_RECORDS }> = heapless::Vec::new();
+        let mut at = self.written;
+        for (index, record) in records.iter().enumerate() {
+            let record_bytes = stored_record_bytes(record.payload_length as u64);
+            let remaining_in_lap = capacity - self.shared.physical(at.offset);
+            if record_bytes > remaining_in_lap {
+                writes.push(PlannedWrite { at, record: None }).expect("at most 2 writes per record");
+                at.offset += remaining_in_lap;
+            }
+            writes.push(PlannedWrite { at, record: Some(index) }).expect("at most 2 writes per record");
+            at = Position { offset: at.offset + record_bytes, sequence: at.sequence + 1 };
+        }
+        self.reserve(at.offset - self.written.offset)?;
+
+        for (write, block) in
+            writes.iter().zip(self.batch_headers.as_mut_slice().chunks_mut(BLOCK_BYTES_USIZE))
+        {
+            let (kind, flags, payload) = match write.record {
+                Some(index) => {
+                    let record = &records[index];
+                    (record.kind, record.flags, &record.padded[..record.payload_length])
+                }
+                None => (RecordKind::Padding, 0, &[][..]),
+            };
+            let header = RecordHeader::new(
+                kind,
+                flags,
+                write.at.sequence,
+                write.at.offset,
+                geometry.ring_id,
+                geometry.generation,
+                geometry.stream_id,
+                payload,
+                now_ns,
+            );
+            block.fill(0);
+            block[..64].copy_from_slice(header.as_bytes());
+        }
+        let headers = self.batch_headers.as_slice();
+        let data = &*self.shared.files.data;
+        let shared = &*self.shared;
+        let writes = &writes;
+        let write_one = |slot: usize| -> std::io::Result<()> {
+            let write = &writes[slot];
+            let header = &headers[slot * BLOCK_BYTES_USIZE..(slot + 1) * BLOCK_BYTES_USIZE];
+            let physical = shared.physical(write.at.offset);
+            match write.record {
+                Some(index) if !records[index].padded.is_empty() => {
+                    let padded = records[index].padded;
+                    assert!(physical + BLOCK_BYTES + padded.len() as u64 <= capacity);
+                    data.write_all_at(physical, &[header, padded])
+                }
+                _ => data.write_all_at(physical, &[header]),
+            }
+        };
+        let io_depth = io_depth.clamp(1, MAX_IO_DEPTH).min(writes.len());
+        let result = if io_depth == 1 {
+            (0..writes.len()).try_for_each(write_one)
+        } else {
+            // Each worker writes every io_depth-th record; the kernel sees io_depth writes in
+            // flight. The workers borrow the caller's buffers: nothing is copied, and the scope
+            // guarantees no write outlives them.
+            std::thread::scope(|scope| {
+                let workers: heapless::Vec<_, MAX_IO_DEPTH> = (0..io_depth)
+                    .map(|worker| {
+                        let write_one = &write_one;
+                        scope.spawn(move || (worker..writes.len()).step_by(io_depth).try_for_each(write_one))
+                    })
+                    .collect();
+                workers.into_iter().try_for_each(|worker| worker.join().expect("write worker panicked"))
+            })
+        };
+        if let Err(source) = result {
+            return Err(self.shared.poison(format!(
+                "write of the batch starting at sequence {} to {} failed: {source}",
+                self.written.sequence,
+                data.location().display()
+            )));
+        }
+        let first_sequence = self.written.sequence;
+        let appended_bytes = at.offset - self.written.offset;
+        self.written = at;
+        self.unsynced_records += records.len() as u64;
+        self.bytes_since_checkpoint += appended_bytes;
+        self.shared.counters.appends_total.fetch_add(records.len() as u64, Ordering::Relaxed);
+        self.shared.counters.appended_bytes_total.fetch_add(appended_bytes, Ordering::Relaxed);
+        Ok(first_sequence..=at.sequence - 1)
     }
 
     /// Appends a payload from any slice by copying it into an aligned buffer. For small records
@@ -650,24 +710,12 @@ impl Ring {
         }
         match self.shared.options.full_policy {
             FullPolicy::Reject => {
-                self.shared
-                    .counters
-                    .rejected_full_total
-                    .fetch_add(1, Ordering::Relaxed);
-                Err(Error::Rejected {
-                    needed_bytes,
-                    free_bytes,
-                })
+                self.shared.counters.rejected_full_total.fetch_add(1, Ordering::Relaxed);
+                Err(Error::Rejected { needed_bytes, free_bytes })
             }
             FullPolicy::Block => {
-                self.shared
-                    .counters
-                    .would_block_total
-                    .fetch_add(1, Ordering::Relaxed);
-                Err(Error::WouldBlock {
-                    needed_bytes,
-                    free_bytes,
-                })
+                self.shared.counters.would_block_total.fetch_add(1, Ordering::Relaxed);
+                Err(Error::WouldBlock { needed_bytes, free_bytes })
             }
         }
     }
@@ -754,14 +802,10 @@ impl Ring {
                 )));
             }
             self.unsynced_records = 0;
-            self.shared
-                .counters
-                .syncs_total
-                .fetch_add(1, Ordering::Relaxed);
+            self.shared.counters.syncs_total.fetch_add(1, Ordering::Relaxed);
             self.shared.state().durable = self.written;
             self.shared.durable_changed.notify_all();
-            self.rate
-                .sample(self.shared.options.clock.now_ns(), self.written.offset);
+            self.rate.sample(self.shared.options.clock.now_ns(), self.written.offset);
             self.check_thresholds();
             if self.bytes_since_checkpoint >= self.shared.options.checkpoint_interval_bytes {
                 self.shared.checkpoint(None)?;
@@ -821,11 +865,7 @@ impl Ring {
 
     /// Opens a reader for `cursor`, starting at another cursor's persisted position
     /// (e.g. replay what `drain` has not yet confirmed, as `prompt`).
-    pub fn reader_from(
-        &self,
-        cursor: &str,
-        start_at_cursor: &str,
-    ) -> Result<crate::reader::Reader> {
+    pub fn reader_from(&self, cursor: &str, start_at_cursor: &str) -> Result<crate::reader::Reader> {
         crate::reader::Reader::open(Arc::clone(&self.shared), cursor, Some(start_at_cursor))
     }
 
@@ -885,20 +925,14 @@ impl Ring {
 /// Opens a ring read-only for inspection: no lock, no writes. Recovery happens in memory, so the
 /// figures describe what a writer would find if it opened the ring now.
 pub fn open_read_only(directory: &Path) -> Result<Ring> {
-    let options = RingOptions {
-        cursors: Vec::new(),
-        ..RingOptions::default()
-    };
+    let options = RingOptions { cursors: Vec::new(), ..RingOptions::default() };
     let files = open_files_read_only(directory)?;
     Ring::open_inner(files, options, OpenMode::ReadOnly, Some(directory), None)
 }
 
 /// Opens a ring on the given storage read-only.
 pub fn open_read_only_on(files: RingFiles) -> Result<Ring> {
-    let options = RingOptions {
-        cursors: Vec::new(),
-        ..RingOptions::default()
-    };
+    let options = RingOptions { cursors: Vec::new(), ..RingOptions::default() };
     Ring::open_inner(files, options, OpenMode::ReadOnly, None, None)
 }
 
@@ -920,17 +954,12 @@ fn ensure_cursor(
         name: name.into(),
         reason: format!("name longer than {CURSOR_NAME_BYTES} bytes"),
     })?;
-    cursors
-        .push(CursorState {
-            name: cursor_name,
-            required,
-            persisted: start,
-            in_use: false,
-        })
-        .map_err(|_| Error::Cursor {
+    cursors.push(CursorState { name: cursor_name, required, persisted: start, in_use: false }).map_err(|_| {
+        Error::Cursor {
             name: name.into(),
             reason: format!("the ring already has the maximum of {MAX_CURSORS} cursors"),
-        })
+        }
+    })
 }
 
 fn random_ring_id() -> u64 {
@@ -944,10 +973,7 @@ fn random_ring_id() -> u64 {
 fn take_lock(directory: &Path) -> Result<File> {
     let path = directory.join(LOCK_FILE_NAME);
     if !directory.is_dir() {
-        return Err(Error::NotARing {
-            path: directory.to_path_buf(),
-            detail: "no such directory".into(),
-        });
+        return Err(Error::NotARing { path: directory.to_path_buf(), detail: "no such directory".into() });
     }
     let file = OpenOptions::new()
         .read(true)
@@ -964,9 +990,7 @@ fn take_lock(directory: &Path) -> Result<File> {
 }
 
 fn sync_directory(directory: &Path) -> Result<()> {
-    File::open(directory)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io_error(directory, "fsync directory", e))
+    File::open(directory).and_then(|d| d.sync_all()).map_err(|e| io_error(directory, "fsync directory", e))
 }
 
 fn open_files(directory: &Path, direct_io: bool) -> Result<RingFiles> {
@@ -980,13 +1004,9 @@ fn open_files(directory: &Path, direct_io: bool) -> Result<RingFiles> {
             });
         }
     }
-    let data =
-        FileStorage::open(&data_path, direct_io).map_err(|e| io_error(&data_path, "open", e))?;
+    let data = FileStorage::open(&data_path, direct_io).map_err(|e| io_error(&data_path, "open", e))?;
     let meta = FileStorage::open(&meta_path, false).map_err(|e| io_error(&meta_path, "open", e))?;
-    Ok(RingFiles {
-        meta: Arc::new(meta),
-        data: Arc::new(data),
-    })
+    Ok(RingFiles { meta: Arc::new(meta), data: Arc::new(data) })
 }
 
 fn open_files_read_only(directory: &Path) -> Result<RingFiles> {
@@ -1028,8 +1048,7 @@ fn newest_checkpoint(meta: &dyn Storage) -> Result<CheckpointSlot> {
         read_meta_block(meta, slot_index, &mut block)?;
         match CheckpointSlot::decode(block.as_slice()) {
             Ok(slot) => {
-                if best.is_none_or(|b| slot.checkpoint_sequence.get() > b.checkpoint_sequence.get())
-                {
+                if best.is_none_or(|b| slot.checkpoint_sequence.get() > b.checkpoint_sequence.get()) {
                     best = Some(slot);
                 }
             }
@@ -1083,14 +1102,8 @@ fn recover(
             detail: "checkpoint's max payload exceeds an eighth of the capacity".into(),
         });
     }
-    let head = Position {
-        offset: checkpoint.head_offset.get(),
-        sequence: checkpoint.head_sequence.get(),
-    };
-    let tail = Position {
-        offset: checkpoint.tail_offset.get(),
-        sequence: checkpoint.tail_sequence.get(),
-    };
+    let head = Position { offset: checkpoint.head_offset.get(), sequence: checkpoint.head_sequence.get() };
+    let tail = Position { offset: checkpoint.tail_offset.get(), sequence: checkpoint.tail_sequence.get() };
     let mut cursors: heapless::Vec<CursorState, MAX_CURSORS> = heapless::Vec::new();
     for entry in checkpoint.cursors_in_use() {
         cursors
@@ -1105,12 +1118,7 @@ fn recover(
         geometry,
         options,
         mode,
-        state: Mutex::new(State {
-            durable: head,
-            tail,
-            cursors,
-            poisoned: None,
-        }),
+        state: Mutex::new(State { durable: head, tail, cursors, poisoned: None }),
         durable_changed: Condvar::new(),
         space_freed: Condvar::new(),
         meta: Mutex::new(MetaWriter {
@@ -1123,10 +1131,10 @@ fn recover(
         directory: directory.map(Path::to_path_buf),
         _lock: lock_file,
     };
-    shared.counters.quarantined_records_total.store(
-        checkpoint.quarantined_records_total.get(),
-        Ordering::Relaxed,
-    );
+    shared
+        .counters
+        .quarantined_records_total
+        .store(checkpoint.quarantined_records_total.get(), Ordering::Relaxed);
 
     let recovered_head = scan_after_checkpoint(&shared, head, tail, checkpoint_generation)?;
     shared.state().durable = recovered_head;
@@ -1156,10 +1164,7 @@ fn cursor_from_entry(
         detail: "cursor name too long in checkpoint".into(),
     })?;
     let required = entry.flags.get() & CURSOR_FLAG_REQUIRED != 0;
-    let mut persisted = Position {
-        offset: entry.logical_offset.get(),
-        sequence: entry.sequence.get(),
-    };
+    let mut persisted = Position { offset: entry.logical_offset.get(), sequence: entry.sequence.get() };
     if persisted.offset > head.offset {
         return Err(Error::NotARing {
             path: meta.location().to_path_buf(),
@@ -1168,18 +1173,10 @@ fn cursor_from_entry(
     }
     if persisted.offset < tail.offset {
         // Only an optional cursor can fall behind the tail; its data may be overwritten.
-        assert!(
-            !required,
-            "a required cursor defines the tail and cannot be behind it"
-        );
+        assert!(!required, "a required cursor defines the tail and cannot be behind it");
         persisted = tail;
     }
-    Ok(CursorState {
-        name,
-        required,
-        persisted,
-        in_use: false,
-    })
+    Ok(CursorState { name, required, persisted, in_use: false })
 }
 
 /// Scans records written after the checkpoint. Returns the recovered head: just past the last
@@ -1233,10 +1230,7 @@ fn scan_after_checkpoint(
                     "recovery scan reached the end of the log"
                 );
                 if defect == RecordDefect::PayloadCrc {
-                    shared
-                        .counters
-                        .torn_tail_truncations_total
-                        .fetch_add(1, Ordering::Relaxed);
+                    shared.counters.torn_tail_truncations_total.fetch_add(1, Ordering::Relaxed);
                     shared.record_event(RingEventKind::TornTailTruncated {
                         logical_offset: at.offset,
                         physical_offset: shared.physical(at.offset),

@@ -87,9 +87,7 @@ impl SimFile {
     }
 
     fn lock(&self) -> MutexGuard<'_, SimFileState> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Applies a crash to the unsynced writes.
@@ -174,11 +172,7 @@ impl Storage for SimFile {
         }
         let total: usize = buffers.iter().map(|b| b.len()).sum();
         let end = offset as usize + total;
-        assert!(
-            end <= state.durable.len(),
-            "write past the end of {}",
-            self.path.display()
-        );
+        assert!(end <= state.durable.len(), "write past the end of {}", self.path.display());
         let mut bytes = Vec::with_capacity(total);
         for buffer in buffers {
             bytes.extend_from_slice(buffer);
@@ -192,10 +186,7 @@ impl Storage for SimFile {
         let start = usize::try_from(offset).expect("offset fits");
         let end = start + buffer.len();
         if end > state.durable.len() {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "read past end",
-            ));
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "read past end"));
         }
         buffer.copy_from_slice(&state.durable[start..end]);
         for (write_offset, bytes) in &state.pending {
@@ -204,9 +195,8 @@ impl Storage for SimFile {
             let overlap_start = write_start.max(start);
             let overlap_end = write_end.min(end);
             if overlap_start < overlap_end {
-                buffer[overlap_start - start..overlap_end - start].copy_from_slice(
-                    &bytes[overlap_start - write_start..overlap_end - write_start],
-                );
+                buffer[overlap_start - start..overlap_end - start]
+                    .copy_from_slice(&bytes[overlap_start - write_start..overlap_end - write_start]);
             }
         }
         Ok(())
@@ -253,10 +243,7 @@ impl SimRing {
 
     /// Handles for `Ring::create_on` / `Ring::open_on`.
     pub fn files(&self) -> RingFiles {
-        RingFiles {
-            meta: Arc::new(self.meta.clone()),
-            data: Arc::new(self.data.clone()),
-        }
+        RingFiles { meta: Arc::new(self.meta.clone()), data: Arc::new(self.data.clone()) }
     }
 
     /// Crashes both files the same way (the data file's choices use `seed`, the meta file's
@@ -269,9 +256,7 @@ impl SimRing {
             }
             CrashMode::Torn { seed } => {
                 self.data.crash(CrashMode::Torn { seed });
-                self.meta.crash(CrashMode::Torn {
-                    seed: seed.wrapping_add(1),
-                });
+                self.meta.crash(CrashMode::Torn { seed: seed.wrapping_add(1) });
             }
         }
     }
@@ -308,8 +293,7 @@ mod tests {
         let run = |seed| {
             let file = SimFile::new("f", 1 << 16);
             for index in 0..8u8 {
-                file.write_all_at(u64::from(index) * 8192, &[&[index + 1; 8192]])
-                    .unwrap();
+                file.write_all_at(u64::from(index) * 8192, &[&[index + 1; 8192]]).unwrap();
             }
             file.crash(CrashMode::Torn { seed });
             file.read_durable(0, 1 << 16)

@@ -157,9 +157,7 @@ pub struct EventLog {
 
 impl EventLog {
     pub(crate) fn new() -> Self {
-        Self {
-            events: heapless::Deque::new(),
-        }
+        Self { events: heapless::Deque::new() }
     }
 
     pub(crate) fn push(&mut self, event: RingEvent) {
@@ -189,25 +187,16 @@ impl RateEstimator {
             if time_ns < last.time_ns + RATE_SAMPLE_SPACING_NS && self.samples.len() > 1 {
                 // Refresh the newest sample instead of adding one.
                 let last = self.samples.back_mut().expect("not empty");
-                *last = RateSample {
-                    time_ns,
-                    head_offset,
-                };
+                *last = RateSample { time_ns, head_offset };
                 return;
             }
         }
         if self.samples.is_full() {
             self.samples.pop_front();
         }
-        let _ = self.samples.push_back(RateSample {
-            time_ns,
-            head_offset,
-        });
+        let _ = self.samples.push_back(RateSample { time_ns, head_offset });
         while self.samples.len() > 2
-            && self
-                .samples
-                .front()
-                .is_some_and(|s| s.time_ns + RATE_WINDOW_NS < time_ns)
+            && self.samples.front().is_some_and(|s| s.time_ns + RATE_WINDOW_NS < time_ns)
         {
             self.samples.pop_front();
         }
@@ -305,20 +294,14 @@ impl RingStats {
     pub(crate) fn collect(shared: &Shared, written: Position, rate: &RateEstimator) -> Self {
         let (durable, tail, cursors, poisoned) = {
             let state = shared.state();
-            (
-                state.durable,
-                state.tail,
-                state.cursors.clone(),
-                state.poisoned.clone(),
-            )
+            (state.durable, state.tail, state.cursors.clone(), state.poisoned.clone())
         };
         let capacity = shared.geometry.capacity_bytes;
         let used_bytes = written.offset - tail.offset;
         let fill_ratio = used_bytes as f64 / capacity as f64;
         let append_rate = rate.bytes_per_second();
-        let time_to_full_seconds = append_rate
-            .filter(|&r| r > 0.0)
-            .map(|r| (capacity - used_bytes) as f64 / r);
+        let time_to_full_seconds =
+            append_rate.filter(|&r| r > 0.0).map(|r| (capacity - used_bytes) as f64 / r);
         let cursor_stats = cursors
             .iter()
             .map(|c| CursorStats {
@@ -343,12 +326,7 @@ impl RingStats {
             capacity_bytes: capacity,
             used_bytes,
             fill_ratio,
-            thresholds: shared
-                .options
-                .fill_thresholds
-                .iter()
-                .map(|&t| (t, fill_ratio >= t))
-                .collect(),
+            thresholds: shared.options.fill_thresholds.iter().map(|&t| (t, fill_ratio >= t)).collect(),
             oldest_sequence: tail.sequence,
             durable_sequence: durable.sequence - 1,
             retained_records: durable.sequence - tail.sequence,
@@ -377,18 +355,12 @@ fn oldest_record_at(shared: &Shared, at: Position, durable: Position) -> Option<
         if position.offset >= durable.offset {
             return None;
         }
-        shared
-            .read_data(position.offset, block.as_mut_slice())
-            .ok()?;
+        shared.read_data(position.offset, block.as_mut_slice()).ok()?;
         let header = crate::layout::RecordHeader::from_block(block.as_slice());
-        header
-            .validate(block.as_slice(), &shared.expectation(position, 0))
-            .ok()?;
+        header.validate(block.as_slice(), &shared.expectation(position, 0)).ok()?;
         if header.record_kind() == Some(RecordKind::Padding) {
-            position = Position {
-                offset: shared.next_lap_start(position.offset),
-                sequence: position.sequence,
-            };
+            position =
+                Position { offset: shared.next_lap_start(position.offset), sequence: position.sequence };
             continue;
         }
         let now_ns = shared.options.clock.now_ns();

@@ -58,11 +58,7 @@ pub struct FileStorage {
 impl FileStorage {
     /// Creates `path` (which must not exist) and preallocates `len_bytes` with `fallocate`.
     pub fn create(path: &Path, len_bytes: u64) -> io::Result<Self> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(path)?;
+        let file = OpenOptions::new().read(true).write(true).create_new(true).open(path)?;
         preallocate(&file, len_bytes)?;
         file.sync_all()?;
         drop(file);
@@ -74,17 +70,8 @@ impl FileStorage {
         let len_bytes = std::fs::metadata(path)?.len();
         if direct_io {
             match open_direct(path) {
-                Ok(file) => {
-                    return Ok(Self {
-                        file,
-                        path: path.to_path_buf(),
-                        len_bytes,
-                        direct_io: true,
-                    })
-                }
-                Err(error)
-                    if error.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) =>
-                {
+                Ok(file) => return Ok(Self { file, path: path.to_path_buf(), len_bytes, direct_io: true }),
+                Err(error) if error.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
                     tracing::warn!(
                         path = %path.display(),
                         "O_DIRECT not supported by this filesystem; using buffered I/O with fdatasync"
@@ -94,12 +81,7 @@ impl FileStorage {
             }
         }
         let file = OpenOptions::new().read(true).write(true).open(path)?;
-        Ok(Self {
-            file,
-            path: path.to_path_buf(),
-            len_bytes,
-            direct_io: false,
-        })
+        Ok(Self { file, path: path.to_path_buf(), len_bytes, direct_io: false })
     }
 
     /// Whether the file is open with `O_DIRECT`.
@@ -120,9 +102,7 @@ fn open_direct(path: &Path) -> io::Result<File> {
 
 #[cfg(not(target_os = "linux"))]
 fn open_direct(_path: &Path) -> io::Result<File> {
-    Err(io::Error::from_raw_os_error(
-        rustix::io::Errno::INVAL.raw_os_error(),
-    ))
+    Err(io::Error::from_raw_os_error(rustix::io::Errno::INVAL.raw_os_error()))
 }
 
 #[cfg(target_os = "linux")]
@@ -147,19 +127,14 @@ impl Storage for FileStorage {
     fn write_all_at(&self, mut offset: u64, buffers: &[&[u8]]) -> io::Result<()> {
         let mut slices: heapless::Vec<&[u8], 4> = heapless::Vec::new();
         for buffer in buffers {
-            slices
-                .push(buffer)
-                .map_err(|_| io::Error::other("at most 4 buffers per write"))?;
+            slices.push(buffer).map_err(|_| io::Error::other("at most 4 buffers per write"))?;
         }
         while !slices.is_empty() {
             let io_slices: heapless::Vec<io::IoSlice<'_>, 4> =
                 slices.iter().map(|s| io::IoSlice::new(s)).collect();
             let written = rustix::io::pwritev(&self.file, &io_slices, offset)?;
             if written == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::WriteZero,
-                    "pwritev wrote nothing",
-                ));
+                return Err(io::Error::new(io::ErrorKind::WriteZero, "pwritev wrote nothing"));
             }
             offset += written as u64;
             let mut remaining = written;

@@ -8,9 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use ringbuffer::{
-    open_read_only, AlignedBuf, CreateOptions, ManualClock, RecordKind, Ring, RingOptions,
-};
+use ringbuffer::{open_read_only, AlignedBuf, CreateOptions, ManualClock, RecordKind, Ring, RingOptions};
 
 const FIXTURE_RECORDS: u64 = 40;
 const DRAINED_RECORDS: u64 = 20;
@@ -21,9 +19,7 @@ fn fixture_dir() -> PathBuf {
 
 fn fixture_payload(sequence: u64) -> Vec<u8> {
     let length = (sequence as usize * 1237) % 6000;
-    (0..length)
-        .map(|index| (sequence as usize + index * 13) as u8)
-        .collect()
+    (0..length).map(|index| (sequence as usize + index * 13) as u8).collect()
 }
 
 fn write_fixture(directory: &Path) {
@@ -39,13 +35,7 @@ fn write_fixture(directory: &Path) {
         let payload = fixture_payload(sequence);
         let mut buffer = AlignedBuf::zeroed(payload.len());
         buffer.as_mut_slice()[..payload.len()].copy_from_slice(&payload);
-        ring.append(
-            RecordKind::Frame,
-            (sequence % 7) as u8,
-            buffer.as_slice(),
-            payload.len(),
-        )
-        .unwrap();
+        ring.append(RecordKind::Frame, (sequence % 7) as u8, buffer.as_slice(), payload.len()).unwrap();
         ring.commit().unwrap();
         if sequence % 10 == 0 && sequence <= DRAINED_RECORDS {
             while drain.next_record().unwrap().is_some() {}
@@ -75,16 +65,13 @@ fn version_1_fixture_still_opens_reads_and_verifies() {
     let readonly = open_read_only(&fixture_dir()).expect("the v1 fixture must open read-only");
     let report = readonly.verify().unwrap();
     assert!(report.is_clean(), "{report:?}");
-    assert_eq!(
-        report.sequence_range,
-        Some((DRAINED_RECORDS + 1, FIXTURE_RECORDS))
-    );
+    assert_eq!(report.sequence_range, Some((DRAINED_RECORDS + 1, FIXTURE_RECORDS)));
     drop(readonly);
 
     let scratch = tempfile::tempdir().unwrap();
     copy_dir(&fixture_dir(), scratch.path());
-    let ring = Ring::open(scratch.path(), RingOptions::default())
-        .expect("the v1 fixture must open for writing");
+    let ring =
+        Ring::open(scratch.path(), RingOptions::default()).expect("the v1 fixture must open for writing");
     assert_eq!(ring.durable_sequence(), FIXTURE_RECORDS);
     let mut reader = ring.reader("drain").unwrap();
     for sequence in DRAINED_RECORDS + 1..=FIXTURE_RECORDS {
@@ -96,9 +83,5 @@ fn version_1_fixture_still_opens_reads_and_verifies() {
     assert!(reader.next_record().unwrap().is_none());
     let mut prompt = ring.reader("prompt").unwrap();
     let first = prompt.next_record().unwrap().expect("record");
-    assert_eq!(
-        first.info.sequence,
-        DRAINED_RECORDS + 1,
-        "optional cursors start at the tail"
-    );
+    assert_eq!(first.info.sequence, DRAINED_RECORDS + 1, "optional cursors start at the tail");
 }

@@ -14,11 +14,7 @@ use clap::{Parser, Subcommand};
 use ringbuffer::{open_read_only, parse_size_bytes, CreateOptions, Ring, RingOptions, RingStats};
 
 #[derive(Parser)]
-#[command(
-    name = "summit-ring",
-    version,
-    about = "Create, inspect and verify summit ring buffers"
-)]
+#[command(name = "summit-ring", version, about = "Create, inspect and verify summit ring buffers")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -74,13 +70,7 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> Result<ExitCode, ringbuffer::Error> {
     match command {
-        Command::Create {
-            dir,
-            capacity,
-            stream_id,
-            max_payload,
-            force,
-        } => {
+        Command::Create { dir, capacity, stream_id, max_payload, force } => {
             let mut create = CreateOptions::new(parse_size_bytes(&capacity)?, stream_id);
             if let Some(max_payload) = max_payload {
                 let bytes = parse_size_bytes(&max_payload)?;
@@ -170,36 +160,20 @@ fn print_stats(stats: &RingStats) {
     let thresholds: Vec<String> = stats
         .thresholds
         .iter()
-        .map(|(t, crossed)| {
-            format!(
-                "{:.0}% {}",
-                t * 100.0,
-                if *crossed { "CROSSED" } else { "ok" }
-            )
-        })
+        .map(|(t, crossed)| format!("{:.0}% {}", t * 100.0, if *crossed { "CROSSED" } else { "ok" }))
         .collect();
     println!("thresholds    {}", thresholds.join(", "));
     if stats.retained_records == 0 {
-        println!(
-            "records       none retained (next sequence {})",
-            stats.durable_sequence + 1
-        );
+        println!("records       none retained (next sequence {})", stats.durable_sequence + 1);
     } else {
         println!(
             "records       {} retained, sequences {}..={}",
             stats.retained_records, stats.oldest_sequence, stats.durable_sequence
         );
     }
-    match (
-        stats.append_rate_bytes_per_second,
-        stats.time_to_full_seconds,
-    ) {
+    match (stats.append_rate_bytes_per_second, stats.time_to_full_seconds) {
         (Some(rate), Some(seconds)) => {
-            println!(
-                "append rate   {}/s, full in {:.0} s at this rate",
-                human_bytes(rate as u64),
-                seconds
-            )
+            println!("append rate   {}/s, full in {:.0} s at this rate", human_bytes(rate as u64), seconds)
         }
         _ => println!("append rate   unknown (no recent appends in this process)"),
     }
@@ -208,21 +182,16 @@ fn print_stats(stats: &RingStats) {
         println!(
             "  {:<10} {:<9} at sequence {:>10}  lag {} records, {}",
             cursor.name,
-            if cursor.required {
-                "required"
-            } else {
-                "optional"
-            },
+            if cursor.required { "required" } else { "optional" },
             cursor.position.sequence,
             cursor.lag_records,
             human_bytes(cursor.lag_bytes)
         );
     }
     match &stats.oldest_undrained {
-        Some(oldest) => println!(
-            "oldest undrained record: sequence {}, {:.1} s old",
-            oldest.sequence, oldest.age_seconds
-        ),
+        Some(oldest) => {
+            println!("oldest undrained record: sequence {}, {:.1} s old", oldest.sequence, oldest.age_seconds)
+        }
         None => println!("oldest undrained record: none (drain is caught up)"),
     }
     println!(
