@@ -1172,8 +1172,18 @@ fn cursor_from_entry(
         });
     }
     if persisted.offset < tail.offset {
-        // Only an optional cursor can fall behind the tail; its data may be overwritten.
-        assert!(!required, "a required cursor defines the tail and cannot be behind it");
+        // Only an optional cursor can be behind the tail (its data may have been reused). A
+        // required one there means an inconsistent checkpoint: clamp and say so, never panic,
+        // so a bad checkpoint cannot become a crash loop.
+        if required {
+            tracing::warn!(
+                meta = %meta.location().display(),
+                cursor = name_text,
+                cursor_sequence = persisted.sequence,
+                tail_sequence = tail.sequence,
+                "required cursor behind the tail in the checkpoint; moved to the tail"
+            );
+        }
         persisted = tail;
     }
     Ok(CursorState { name, required, persisted, in_use: false })

@@ -274,6 +274,8 @@ pub struct RingStats {
     pub poisoned: Option<String>,
     /// Appends since open.
     pub appends_total: u64,
+    /// Bytes appended since open (headers and padding included).
+    pub appended_bytes_total: u64,
     /// Group commits since open.
     pub syncs_total: u64,
     /// Checkpoints since open.
@@ -336,6 +338,7 @@ impl RingStats {
             oldest_undrained,
             poisoned,
             appends_total: counter(&counters.appends_total),
+            appended_bytes_total: counter(&counters.appended_bytes_total),
             syncs_total: counter(&counters.syncs_total),
             checkpoints_total: counter(&counters.checkpoints_total),
             rejected_full_total: counter(&counters.rejected_full_total),
