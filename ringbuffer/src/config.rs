@@ -50,6 +50,9 @@ pub struct CreateOptions {
     pub ring_id: Option<u64>,
     /// Destroy an existing ring in the directory. Never implied.
     pub force: bool,
+    /// Write every block of the data file once at creation, so the first lap runs at the
+    /// disk's steady-state speed (see `FileStorage::create`). Slow for large rings.
+    pub zero_fill: bool,
 }
 
 impl CreateOptions {
@@ -58,7 +61,7 @@ impl CreateOptions {
     pub fn new(capacity_bytes: u64, stream_id: u32) -> Self {
         let max_payload_bytes =
             u32::try_from((capacity_bytes / 8).min(DEFAULT_MAX_PAYLOAD_BYTES)).expect("at most 16 MiB");
-        Self { capacity_bytes, stream_id, max_payload_bytes, ring_id: None, force: false }
+        Self { capacity_bytes, stream_id, max_payload_bytes, ring_id: None, force: false, zero_fill: false }
     }
 
     pub(crate) fn validate(&self) -> Result<()> {

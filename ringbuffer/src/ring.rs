@@ -361,16 +361,17 @@ impl Ring {
                 }
             }
         }
-        let data = FileStorage::create(&data_path, create.capacity_bytes)
+        let data = FileStorage::create(&data_path, create.capacity_bytes, create.zero_fill)
             .map_err(|e| io_error(&data_path, "create and fallocate", e))?;
-        let meta = FileStorage::create(&meta_path, META_FILE_BYTES)
+        let meta = FileStorage::create(&meta_path, META_FILE_BYTES, false)
             .map_err(|e| io_error(&meta_path, "create and fallocate", e))?;
         drop(data);
         drop(meta);
         sync_directory(directory)?;
         let files = open_files(directory, options.direct_io)?;
-        let create_unforced = CreateOptions { force: true, ..create.clone() };
-        Self::create_on_inner(files, &create_unforced, options, Some(directory), Some(lock_file))
+        // The files were just created: skip the "already holds a ring" check of `create_on`.
+        let fresh_files = CreateOptions { force: true, ..create.clone() };
+        Self::create_on_inner(files, &fresh_files, options, Some(directory), Some(lock_file))
     }
 
     /// Opens the ring in `directory` for writing. Never creates or formats anything.
