@@ -7,21 +7,10 @@
 
 use std::path::{Path, PathBuf};
 
-const CRATES: [&str; 7] = [
-    "ringbuffer",
-    "dma-ingest",
-    "failover",
-    "hw-sim",
-    "summit-node",
-    "tests",
-    "hil",
-];
+const CRATES: [&str; 7] = ["ringbuffer", "dma-ingest", "failover", "hw-sim", "summit-node", "tests", "hil"];
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
 }
 
 fn rust_files(directory: &Path, found: &mut Vec<PathBuf>) {
@@ -43,11 +32,7 @@ fn every_rust_file_opens_with_a_module_doc() {
     for name in CRATES {
         rust_files(&root().join(name), &mut files);
     }
-    assert!(
-        files.len() >= CRATES.len(),
-        "found only {} files",
-        files.len()
-    );
+    assert!(files.len() >= CRATES.len(), "found only {} files", files.len());
     let undocumented: Vec<_> = files
         .iter()
         .filter(|path| {
@@ -55,27 +40,17 @@ fn every_rust_file_opens_with_a_module_doc() {
             !text.trim_start().starts_with("//!")
         })
         .collect();
-    assert!(
-        undocumented.is_empty(),
-        "files without a leading `//!` doc: {undocumented:?}"
-    );
+    assert!(undocumented.is_empty(), "files without a leading `//!` doc: {undocumented:?}");
 }
 
 #[test]
 fn architecture_has_a_heading_for_every_crate() {
-    let architecture =
-        std::fs::read_to_string(root().join("ARCHITECTURE.md")).expect("ARCHITECTURE.md");
+    let architecture = std::fs::read_to_string(root().join("ARCHITECTURE.md")).expect("ARCHITECTURE.md");
     for name in CRATES {
         let heading = format!("### `{name}/`");
-        assert!(
-            architecture.contains(&heading),
-            "ARCHITECTURE.md lacks the heading {heading}"
-        );
+        assert!(architecture.contains(&heading), "ARCHITECTURE.md lacks the heading {heading}");
     }
-    assert!(
-        architecture.contains("Architecture invariant:"),
-        "ARCHITECTURE.md states no invariants"
-    );
+    assert!(architecture.contains("Architecture invariant:"), "ARCHITECTURE.md states no invariants");
 }
 
 #[test]
@@ -83,19 +58,11 @@ fn ci_runs_exactly_the_readme_test_command() {
     let readme = std::fs::read_to_string(root().join("README.md")).expect("README.md");
     let ci = std::fs::read_to_string(root().join(".ci/run")).expect(".ci/run");
     let command = "./scripts/test-all";
+    assert!(readme.contains(command), "README does not give `{command}` as the test command");
+    let ci_commands: Vec<&str> =
+        ci.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
     assert!(
-        readme.contains(command),
-        "README does not give `{command}` as the test command"
-    );
-    let ci_commands: Vec<&str> = ci
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .collect();
-    assert!(
-        ci_commands
-            .iter()
-            .any(|line| *line == format!("exec {command}")),
+        ci_commands.iter().any(|line| *line == format!("exec {command}")),
         ".ci/run does not exec {command}: {ci_commands:?}"
     );
 }
@@ -104,9 +71,6 @@ fn ci_runs_exactly_the_readme_test_command() {
 fn unsafe_code_is_forbidden_outside_dma_ingest() {
     for name in CRATES.iter().filter(|&&n| n != "dma-ingest") {
         let lib = std::fs::read_to_string(root().join(name).join("src/lib.rs")).expect("lib.rs");
-        assert!(
-            lib.contains("#![forbid(unsafe_code)]"),
-            "{name}/src/lib.rs does not forbid unsafe code"
-        );
+        assert!(lib.contains("#![forbid(unsafe_code)]"), "{name}/src/lib.rs does not forbid unsafe code");
     }
 }
