@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use zerocopy::IntoBytes;
 
 use crate::aligned::{is_block_aligned, AlignedBuf};
+use crate::clock::Clock;
 use crate::config::{validate_cursor_name, CreateOptions, FullPolicy, RingOptions};
 use crate::error::{io_error, Error, Result};
 use crate::layout::{
@@ -28,7 +29,9 @@ use crate::layout::{
     CURSOR_FLAG_REQUIRED, CURSOR_NAME_BYTES, FORMAT_VERSION, MAX_CURSORS, META_FILE_BYTES,
 };
 use crate::stats::{Counters, EventLog, RateEstimator, RingEvent, RingEventKind};
-use crate::storage::{FileStorage, RingFiles, Storage, DATA_FILE_NAME, LOCK_FILE_NAME, META_FILE_NAME};
+use crate::storage::{
+    FileStorage, RingFiles, Storage, CREATING_SUFFIX, DATA_FILE_NAME, LOCK_FILE_NAME, META_FILE_NAME,
+};
 
 /// A point in the ring: the logical offset of a record and its sequence number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -361,17 +364,30 @@ impl Ring {
                 }
             }
         }
-        let data = FileStorage::create(&data_path, create.capacity_bytes, create.zero_fill)
-            .map_err(|e| io_error(&data_path, "create and fallocate", e))?;
-        let meta = FileStorage::create(&meta_path, META_FILE_BYTES, false)
-            .map_err(|e| io_error(&meta_path, "create and fallocate", e))?;
-        drop(data);
-        drop(meta);
+        // Build the ring under temporary names and rename it into place, `ring.meta` last: a
+        // crash at any point leaves either no ring (and `*.creating` leftovers that the next
+        // create removes) or a complete one, never a directory that neither opens nor creates.
+        let data_creating = directory.join(format!("{DATA_FILE_NAME}{CREATING_SUFFIX}"));
+        let meta_creating = directory.join(format!("{META_FILE_NAME}{CREATING_SUFFIX}"));
+        for leftover in [&data_creating, &meta_creating] {
+            if leftover.exists() {
+                tracing::warn!(path = %leftover.display(), "removing the leftover of an interrupted create");
+                std::fs::remove_file(leftover).map_err(|e| io_error(leftover, "remove", e))?;
+            }
+        }
+        let data = FileStorage::create(&data_creating, create.capacity_bytes, create.zero_fill)
+            .map_err(|e| io_error(&data_creating, "create and fallocate", e))?;
+        let meta = FileStorage::create(&meta_creating, META_FILE_BYTES, false)
+            .map_err(|e| io_error(&meta_creating, "create and fallocate", e))?;
+        let files = RingFiles { meta: Arc::new(meta), data: Arc::new(data) };
+        write_initial_checkpoints(&files, create, &*options.clock)?;
+        drop(files);
+        std::fs::rename(&data_creating, &data_path).map_err(|e| io_error(&data_creating, "rename", e))?;
+        sync_directory(directory)?;
+        std::fs::rename(&meta_creating, &meta_path).map_err(|e| io_error(&meta_creating, "rename", e))?;
         sync_directory(directory)?;
         let files = open_files(directory, options.direct_io)?;
-        // The files were just created: skip the "already holds a ring" check of `create_on`.
-        let fresh_files = CreateOptions { force: true, ..create.clone() };
-        Self::create_on_inner(files, &fresh_files, options, Some(directory), Some(lock_file))
+        Self::open_inner(files, options, OpenMode::ReadWrite, Some(directory), Some(lock_file))
     }
 
     /// Opens the ring in `directory` for writing. Never creates or formats anything.
@@ -413,40 +429,7 @@ impl Ring {
                 }
             }
         }
-        let ring_id = create.ring_id.unwrap_or_else(random_ring_id);
-        let created_ns = options.clock.now_ns();
-        let start = Position { offset: 0, sequence: 1 };
-        for checkpoint_sequence in 1..=CHECKPOINT_SLOTS as u64 {
-            let mut slot = CheckpointSlot::zeroed();
-            slot.checkpoint_sequence = checkpoint_sequence.into();
-            slot.ring_id = ring_id.into();
-            slot.capacity_bytes = create.capacity_bytes.into();
-            slot.max_payload_bytes = create.max_payload_bytes.into();
-            slot.stream_id = create.stream_id.into();
-            slot.generation = 0.into();
-            slot.created_ns = created_ns.into();
-            slot.head_offset = start.offset.into();
-            slot.head_sequence = start.sequence.into();
-            slot.tail_offset = start.offset.into();
-            slot.tail_sequence = start.sequence.into();
-            slot.seal();
-            let bytes = block.as_mut_slice();
-            bytes.fill(0);
-            bytes[..512].copy_from_slice(slot.as_bytes());
-            let offset = (checkpoint_sequence % CHECKPOINT_SLOTS as u64) * BLOCK_BYTES;
-            files
-                .meta
-                .write_all_at(offset, &[block.as_slice()])
-                .map_err(|e| io_error(files.meta.location(), "write initial checkpoint", e))?;
-        }
-        files.meta.sync_data().map_err(|e| io_error(files.meta.location(), "fdatasync", e))?;
-        tracing::info!(
-            location = %files.meta.location().display(),
-            capacity_bytes = create.capacity_bytes,
-            stream_id = create.stream_id,
-            ring_id = format_args!("{ring_id:016x}"),
-            "ring created"
-        );
+        write_initial_checkpoints(&files, create, &*options.clock)?;
         Self::open_inner(files, options, OpenMode::ReadWrite, directory, lock_file)
     }
 
@@ -921,6 +904,46 @@ impl Ring {
     pub fn poisoned(&self) -> Option<String> {
         self.shared.state().poisoned.clone()
     }
+}
+
+/// Writes both checkpoint slots of a new ring and makes them durable.
+fn write_initial_checkpoints(files: &RingFiles, create: &CreateOptions, clock: &dyn Clock) -> Result<()> {
+    let mut block = AlignedBuf::zeroed(BLOCK_BYTES_USIZE);
+    let ring_id = create.ring_id.unwrap_or_else(random_ring_id);
+    let created_ns = clock.now_ns();
+    let start = Position { offset: 0, sequence: 1 };
+    for checkpoint_sequence in 1..=CHECKPOINT_SLOTS as u64 {
+        let mut slot = CheckpointSlot::zeroed();
+        slot.checkpoint_sequence = checkpoint_sequence.into();
+        slot.ring_id = ring_id.into();
+        slot.capacity_bytes = create.capacity_bytes.into();
+        slot.max_payload_bytes = create.max_payload_bytes.into();
+        slot.stream_id = create.stream_id.into();
+        slot.generation = 0.into();
+        slot.created_ns = created_ns.into();
+        slot.head_offset = start.offset.into();
+        slot.head_sequence = start.sequence.into();
+        slot.tail_offset = start.offset.into();
+        slot.tail_sequence = start.sequence.into();
+        slot.seal();
+        let bytes = block.as_mut_slice();
+        bytes.fill(0);
+        bytes[..512].copy_from_slice(slot.as_bytes());
+        let offset = (checkpoint_sequence % CHECKPOINT_SLOTS as u64) * BLOCK_BYTES;
+        files
+            .meta
+            .write_all_at(offset, &[block.as_slice()])
+            .map_err(|e| io_error(files.meta.location(), "write initial checkpoint", e))?;
+    }
+    files.meta.sync_data().map_err(|e| io_error(files.meta.location(), "fdatasync", e))?;
+    tracing::info!(
+        location = %files.meta.location().display(),
+        capacity_bytes = create.capacity_bytes,
+        stream_id = create.stream_id,
+        ring_id = format_args!("{ring_id:016x}"),
+        "ring created"
+    );
+    Ok(())
 }
 
 /// Opens a ring read-only for inspection: no lock, no writes. Recovery happens in memory, so the

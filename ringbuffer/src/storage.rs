@@ -43,6 +43,8 @@ pub struct RingFiles {
 pub const DATA_FILE_NAME: &str = "ring.data";
 /// Name of the meta (checkpoint) file inside a ring directory.
 pub const META_FILE_NAME: &str = "ring.meta";
+/// Suffix of the files of a ring being created; renamed away when creation completes.
+pub const CREATING_SUFFIX: &str = ".creating";
 /// Name of the lock file inside a ring directory.
 pub const LOCK_FILE_NAME: &str = "ring.lock";
 

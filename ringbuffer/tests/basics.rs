@@ -305,3 +305,21 @@ fn batch_append_wraps_with_padding_and_is_all_or_nothing_when_full() {
     let error = ring.append_batch(&[], 1).unwrap_err();
     assert!(error.to_string().contains("batch length"), "{error}");
 }
+
+#[test]
+fn interrupted_create_leaves_no_ring_and_the_next_create_succeeds() {
+    let directory = tempfile::tempdir().unwrap();
+    // What a create killed before its final rename leaves behind.
+    std::fs::write(directory.path().join("ring.data.creating"), vec![0xAB; 8192]).unwrap();
+    std::fs::write(directory.path().join("ring.meta.creating"), vec![0xCD; 100]).unwrap();
+    let error = Ring::open(directory.path(), RingOptions::default()).unwrap_err();
+    assert!(matches!(error, Error::NotARing { .. }), "{error}");
+    assert!(error.to_string().contains("ring.meta"), "{error}");
+
+    let ring =
+        Ring::create(directory.path(), &CreateOptions::new(1 << 20, 1), RingOptions::default()).unwrap();
+    drop(ring);
+    assert!(!directory.path().join("ring.data.creating").exists());
+    assert!(!directory.path().join("ring.meta.creating").exists());
+    Ring::open(directory.path(), RingOptions::default()).unwrap();
+}
