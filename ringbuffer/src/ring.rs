@@ -1256,13 +1256,15 @@ fn scan_after_checkpoint(
                 // The 64-byte header lies in one sector, written atomically: a header that is not
                 // valid here is what an earlier lap (or nothing) left, the normal end of the log.
                 // A valid header of this generation with a bad payload is a torn write.
-                tracing::info!(
-                    ring = %shared.display_location(),
-                    recovered_records,
-                    head_sequence = at.sequence,
-                    end = %defect,
-                    "recovery scan reached the end of the log"
-                );
+                if recovered_records > 0 {
+                    tracing::info!(
+                        ring = %shared.display_location(),
+                        recovered_records,
+                        head_sequence = at.sequence,
+                        end = %defect,
+                        "recovery scan found records written after the last checkpoint"
+                    );
+                }
                 if defect == RecordDefect::PayloadCrc {
                     shared.counters.torn_tail_truncations_total.fetch_add(1, Ordering::Relaxed);
                     shared.record_event(RingEventKind::TornTailTruncated {

@@ -23,7 +23,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use clap::{Parser, Subcommand};
 use ringbuffer::layout::{round_up_to_block, stored_record_bytes, CheckpointSlot, BLOCK_BYTES};
 use ringbuffer::sim::SplitMix64;
-use ringbuffer::{parse_size_bytes, AlignedBuf, CreateOptions, Error, RecordKind, Ring, RingOptions};
+use ringbuffer::{
+    parse_size_bytes, AlignedBuf, BatchRecord, CreateOptions, Error, RecordKind, Ring, RingOptions,
+};
 
 type BoxError = Box<dyn std::error::Error>;
 
@@ -47,9 +49,12 @@ enum BenchCommand {
         /// Payload bytes per record (fio block size).
         #[arg(long, default_value = "1MiB", value_parser = size_arg)]
         record: u64,
-        /// Records per group commit (fio --fdatasync).
+        /// Records per group commit (fio --fdatasync); at most 64.
         #[arg(long, default_value_t = 16)]
         group: u64,
+        /// Writes in flight for the batched runs (fio --iodepth); runs at depth 1 are always made.
+        #[arg(long, default_value_t = 4)]
+        depth: usize,
     },
     /// Recovery time and memory after a writer is SIGKILLed mid-stream.
     Reopen {
@@ -117,7 +122,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
-        BenchCommand::Append { dir, total, record, group } => bench_append(&dir, total, record, group),
+        BenchCommand::Append { dir, total, record, group, depth } => {
+            bench_append(&dir, total, record, group, depth)
+        }
         BenchCommand::Reopen { dir, capacity, fill, record, group, no_verify } => {
             bench_reopen(&dir, capacity, fill, record, group, !no_verify)
         }
@@ -317,139 +324,203 @@ fn drain_to(
 // ---------------------------------------------------------------------------------------------
 // append benchmark
 
-fn bench_append(dir: &Path, total: u64, record: u64, group: u64) -> Result<ExitCode, BoxError> {
+/// One measured write run.
+struct WriteRun {
+    payload_gbps: f64,
+    wall_seconds: f64,
+    cpu_seconds: f64,
+}
+
+/// Where the writes land: freshly `fallocate`d extents (the first lap of a new ring) or extents
+/// already written once (every later lap; or a ring created with `--zero-fill`).
+#[derive(Clone, Copy, PartialEq)]
+enum Extents {
+    Fresh,
+    Written,
+}
+
+impl Extents {
+    fn label(self) -> &'static str {
+        match self {
+            Extents::Fresh => "fresh fallocate",
+            Extents::Written => "written before",
+        }
+    }
+}
+
+fn bench_append(dir: &Path, total: u64, record: u64, group: u64, depth: usize) -> Result<ExitCode, BoxError> {
     if record == 0 || group == 0 || total < record {
         return Err("need --record > 0, --group > 0 and --total >= --record".into());
+    }
+    if group > ringbuffer::MAX_BATCH_RECORDS as u64 || depth == 0 || depth > ringbuffer::MAX_IO_DEPTH {
+        return Err(format!(
+            "need --group <= {} and 1 <= --depth <= {}",
+            ringbuffer::MAX_BATCH_RECORDS,
+            ringbuffer::MAX_IO_DEPTH
+        )
+        .into());
     }
     if !fio_available() {
         eprintln!();
         eprintln!("################################################################");
         eprintln!("## ERROR: `fio` is not installed or not on PATH.              ##");
         eprintln!("## The benchmark compares against fio; install it first:      ##");
-        eprintln!("##     apt-get install -y fio                                 ##");
+        eprintln!("##     apt-get install -y fio   (or run scripts/bench-ring)   ##");
         eprintln!("################################################################");
         return Ok(ExitCode::from(3));
     }
     std::fs::create_dir_all(dir)?;
     let ring_dir = dir.join("ring");
-    if ring_dir.exists() {
-        return Err(format!(
-            "{} already exists (left over from an interrupted run?); remove it first",
-            ring_dir.display()
-        )
-        .into());
+    let fio_file = dir.join("fio-reference.dat");
+    for leftover in [&ring_dir, &fio_file] {
+        if leftover.exists() {
+            return Err(format!(
+                "{} already exists (left over from an interrupted run?); remove it first",
+                leftover.display()
+            )
+            .into());
+        }
     }
     let records = total / record;
     let payload_bytes = records * record;
-    let record_usize = usize::try_from(record)?;
     let stored_bytes = records * stored_record_bytes(record);
-    let capacity = round_up_to_block(stored_bytes + (64 << 20));
-    let mut create = CreateOptions::new(capacity, 1);
-    create.max_payload_bytes = create.max_payload_bytes.max(u32::try_from(record)?);
 
     let invocation: Vec<String> = std::env::args().collect();
-    let fio_qd1 = fio_args(dir, record, payload_bytes, group, 1);
-    let fio_qd16 = fio_args(dir, record, payload_bytes, group, 16);
     println!("# ring-bench append  {}  kernel {}  {}", utc_now(), kernel_release(), filesystem_of(dir));
     println!("# command:  {}", invocation.join(" "));
     println!(
-        "# ring:     {records} records x {record} B payload (+{BLOCK_BYTES} B header block each) \
-         into {}, capacity {capacity} B, fdatasync every {group} records, O_DIRECT pwritev",
-        ring_dir.display()
+        "# ring:     {records} records x {record} B payload (+{BLOCK_BYTES} B header block each), \
+         group commit (fdatasync) every {group} records, O_DIRECT pwritev, queue depth 1 (append) \
+         or {depth} (append_batch)"
     );
-    println!("#           the append path is SYNCHRONOUS: one write in flight (queue depth 1)");
-    println!("# fio qd1:  fio {}", fio_qd1.join(" "));
-    println!("# fio qd16: fio {}", fio_qd16.join(" "));
-    println!("# GB = 10^9 bytes; throughput counts payload bytes only unless noted");
+    println!(
+        "# fio:      {}",
+        fio_args(&fio_file, record, payload_bytes, group, depth as u32)
+            .join(" ")
+            .replace("--output-format=json", "")
+    );
+    println!("# Each ring run is compared with fio on the same directory, same block size, same fdatasync");
+    println!("# interval, same queue depth, same extent state (fresh fallocate, or written before).");
+    println!("# GB = 10^9 bytes; throughput counts payload bytes only");
+    println!();
 
-    let created = Instant::now();
-    let mut ring = Ring::create(&ring_dir, &create, RingOptions::default())?;
-    let create_seconds = created.elapsed().as_secs_f64();
-    let direct_io = ringbuffer::FileStorage::open(&ring_dir.join("ring.data"), true)?.is_direct_io();
-
-    let mut buffer = AlignedBuf::zeroed(record_usize);
-    fill_record(0x5EED, 1, &mut buffer.as_mut_slice()[..record_usize]);
-    let cpu_before = cpu_seconds();
-    let started = Instant::now();
-    for index in 0..records {
-        ring.append(RecordKind::Frame, 0, buffer.as_slice(), record_usize)?;
-        if (index + 1) % group == 0 {
-            ring.commit()?;
+    let mut rows = Vec::new();
+    for extents in [Extents::Fresh, Extents::Written] {
+        let depths: &[usize] = if depth == 1 { &[1] } else { &[1, depth] };
+        for &queue_depth in depths {
+            let ring = ring_write_run(&ring_dir, extents, records, record, group, queue_depth)?;
+            let fio = fio_write_run(&fio_file, extents, record, payload_bytes, group, queue_depth)?;
+            println!(
+                "{:<16} qd {:>2}: ring {:.3} GB/s ({:.2} s, {:.2} s CPU)   fio {:.3} GB/s ({:.2} s)   ratio {:.2}",
+                extents.label(),
+                queue_depth,
+                ring.payload_gbps,
+                ring.wall_seconds,
+                ring.cpu_seconds,
+                fio.payload_gbps,
+                fio.wall_seconds,
+                ring.payload_gbps / fio.payload_gbps
+            );
+            rows.push((extents, queue_depth, ring, fio));
         }
     }
-    let last = ring.commit()?;
-    let wall = started.elapsed().as_secs_f64();
-    let cpu = cpu_seconds() - cpu_before;
-    let stats = ring.stats();
     let peak_rss_kib = vm_hwm_kib();
+    println!();
+    println!("| extents          | qd | ring GB/s | fio GB/s | ring / fio | ring CPU s/GB |");
+    println!("|------------------|----|-----------|----------|------------|---------------|");
+    for (extents, queue_depth, ring, fio) in &rows {
+        println!(
+            "| {:<16} | {:>2} | {:>9.3} | {:>8.3} | {:>10.2} | {:>13.3} |",
+            extents.label(),
+            queue_depth,
+            ring.payload_gbps,
+            fio.payload_gbps,
+            ring.payload_gbps / fio.payload_gbps,
+            ring.cpu_seconds / (payload_bytes as f64 / 1e9)
+        );
+    }
+    println!(
+        "stored {:.2} GB per run incl. header blocks; peak RSS of this process (VmHWM) {:.1} MiB",
+        stored_bytes as f64 / 1e9,
+        peak_rss_kib as f64 / 1024.0
+    );
+    println!(
+        "note: a new ring's first lap writes fresh fallocated extents (ext4 converts them at \
+         fdatasync); later laps, or a ring created with `summit-ring create --zero-fill`, write \
+         extents written before."
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn ring_write_run(
+    ring_dir: &Path,
+    extents: Extents,
+    records: u64,
+    record: u64,
+    group: u64,
+    queue_depth: usize,
+) -> Result<WriteRun, BoxError> {
+    let record_usize = usize::try_from(record)?;
+    let capacity = round_up_to_block(records * stored_record_bytes(record) + (64 << 20));
+    let mut create = CreateOptions::new(capacity, 1);
+    create.max_payload_bytes = create.max_payload_bytes.max(u32::try_from(record)?);
+    create.zero_fill = extents == Extents::Written;
+    let mut ring = Ring::create(ring_dir, &create, RingOptions::default())?;
+    let mut buffer = AlignedBuf::zeroed(record_usize);
+    fill_record(0x5EED, 1, &mut buffer.as_mut_slice()[..record_usize]);
+    let batch_record = BatchRecord {
+        kind: RecordKind::Frame,
+        flags: 0,
+        padded: buffer.as_slice(),
+        payload_length: record_usize,
+    };
+    let cpu_before = cpu_seconds();
+    let started = Instant::now();
+    let mut appended = 0u64;
+    while appended < records {
+        let count = group.min(records - appended);
+        if queue_depth == 1 {
+            for _ in 0..count {
+                ring.append(RecordKind::Frame, 0, buffer.as_slice(), record_usize)?;
+            }
+        } else {
+            let batch = vec![batch_record; usize::try_from(count)?];
+            ring.append_batch(&batch, queue_depth)?;
+        }
+        ring.commit()?;
+        appended += count;
+    }
+    let wall_seconds = started.elapsed().as_secs_f64();
+    let cpu_seconds = cpu_seconds() - cpu_before;
+    let last = ring.durable_sequence();
     ring.close()?;
-    std::fs::remove_dir_all(&ring_dir)?;
+    std::fs::remove_dir_all(ring_dir)?;
     if last != records {
         return Err(format!("committed {last} records, expected {records}").into());
     }
-    let ring_gbps = payload_bytes as f64 / wall / 1e9;
-    let ring_device_gbps = stored_bytes as f64 / wall / 1e9;
-    println!(
-        "ring:     {ring_gbps:.3} GB/s payload ({ring_device_gbps:.3} GB/s incl. headers), \
-         {wall:.2} s wall, {cpu:.2} s CPU ({:.0}% of one core), {} fdatasyncs, {} checkpoints, \
-         O_DIRECT {}, create+fallocate {create_seconds:.2} s, peak RSS {:.1} MiB",
-        100.0 * cpu / wall,
-        stats.syncs_total,
-        stats.checkpoints_total,
-        if direct_io { "on" } else { "OFF (filesystem refused)" },
-        peak_rss_kib as f64 / 1024.0
-    );
+    Ok(WriteRun { payload_gbps: (records * record) as f64 / wall_seconds / 1e9, wall_seconds, cpu_seconds })
+}
 
-    let qd1 = run_fio(dir, &fio_qd1)?;
-    println!(
-        "fio qd1:  {:.3} GB/s, {:.2} s, CPU usr+sys {:.1}% ",
-        qd1.bw_bytes / 1e9,
-        qd1.runtime_ms / 1e3,
-        qd1.cpu_percent
-    );
-    let qd16 = run_fio(dir, &fio_qd16)?;
-    println!(
-        "fio qd16: {:.3} GB/s, {:.2} s, CPU usr+sys {:.1}% ",
-        qd16.bw_bytes / 1e9,
-        qd16.runtime_ms / 1e3,
-        qd16.cpu_percent
-    );
-
-    println!();
-    println!(
-        "| {:<44} | {:>12} | {:>13} | {:>7} |",
-        "write path (same dir, bs, O_DIRECT, fdatasync)", "payload GB/s", "ring / this", "wall s"
-    );
-    println!("|{:-<46}|{:->14}|{:->15}|{:->9}|", "", "", "", "");
-    println!(
-        "| {:<44} | {:>12.3} | {:>13} | {:>7.2} |",
-        "ring append+commit, synchronous (qd 1)", ring_gbps, "1.00", wall
-    );
-    println!(
-        "| {:<44} | {:>12.3} | {:>13.2} | {:>7.2} |",
-        "fio io_uring iodepth=1  (like-for-like)",
-        qd1.bw_bytes / 1e9,
-        ring_gbps * 1e9 / qd1.bw_bytes,
-        qd1.runtime_ms / 1e3
-    );
-    println!(
-        "| {:<44} | {:>12.3} | {:>13.2} | {:>7.2} |",
-        "fio io_uring iodepth=16 (device headroom)",
-        qd16.bw_bytes / 1e9,
-        ring_gbps * 1e9 / qd16.bw_bytes,
-        qd16.runtime_ms / 1e3
-    );
-    println!(
-        "ring CPU {cpu:.2} s for {:.2} GB ({:.3} s/GB); peak RSS (VmHWM) {:.1} MiB",
-        payload_bytes as f64 / 1e9,
-        cpu / (payload_bytes as f64 / 1e9),
-        peak_rss_kib as f64 / 1024.0
-    );
-    println!(
-        "note: ring vs fio iodepth=1 is the like-for-like ratio; iodepth=16 shows what a deeper \
-         (asynchronous) write path could reach on this device, which the ring does not attempt."
-    );
-    Ok(ExitCode::SUCCESS)
+fn fio_write_run(
+    fio_file: &Path,
+    extents: Extents,
+    record: u64,
+    payload_bytes: u64,
+    group: u64,
+    queue_depth: usize,
+) -> Result<WriteRun, BoxError> {
+    let args = fio_args(fio_file, record, payload_bytes, group, queue_depth as u32);
+    if extents == Extents::Written {
+        // An unmeasured first pass writes every extent once, as zero-fill does for the ring.
+        run_fio(&args)?;
+    }
+    let result = run_fio(&args)?;
+    std::fs::remove_file(fio_file)?;
+    Ok(WriteRun {
+        payload_gbps: result.bw_bytes / 1e9,
+        wall_seconds: result.runtime_ms / 1e3,
+        cpu_seconds: result.cpu_percent / 100.0 * result.runtime_ms / 1e3,
+    })
 }
 
 fn fio_available() -> bool {
@@ -461,10 +532,10 @@ fn fio_available() -> bool {
         .is_ok_and(|status| status.success())
 }
 
-fn fio_args(dir: &Path, record: u64, size: u64, group: u64, iodepth: u32) -> Vec<String> {
+fn fio_args(file: &Path, record: u64, size: u64, group: u64, iodepth: u32) -> Vec<String> {
     vec![
         "--name=ringref".into(),
-        format!("--directory={}", dir.display()),
+        format!("--filename={}", file.display()),
         "--rw=write".into(),
         format!("--bs={record}"),
         "--direct=1".into(),
@@ -482,10 +553,8 @@ struct FioResult {
     cpu_percent: f64,
 }
 
-fn run_fio(dir: &Path, args: &[String]) -> Result<FioResult, BoxError> {
+fn run_fio(args: &[String]) -> Result<FioResult, BoxError> {
     let output = Command::new("fio").args(args).output()?;
-    // fio names the file <name>.<job>.<file>; remove it whatever happened.
-    let _ = std::fs::remove_file(dir.join("ringref.0.0"));
     let text = String::from_utf8_lossy(&output.stdout);
     let parsed = parse_fio_json(&text);
     match parsed {
