@@ -256,6 +256,30 @@ impl Shared {
             );
         }
         meta.checkpoint_sequence = next_sequence;
+        // The older slot is what recovery falls back to if the newest is lost: reuse space only
+        // once both slots release it.
+        let tail_moves = slot.tail_offset.get() > self.state().tail.offset;
+        if tail_moves {
+            let next_sequence = meta.checkpoint_sequence + 1;
+            let mut again = slot;
+            again.checkpoint_sequence = next_sequence.into();
+            again.seal();
+            let block = meta.block.as_mut_slice();
+            block.fill(0);
+            block[..again.as_bytes().len()].copy_from_slice(again.as_bytes());
+            let slot_offset = (next_sequence % CHECKPOINT_SLOTS as u64) * BLOCK_BYTES;
+            if let Err(source) = meta_storage.write_all_at(slot_offset, &[meta.block.as_slice()]) {
+                return Err(self.poison(format!(
+                    "checkpoint write to {} failed: {source}",
+                    meta_storage.location().display()
+                )));
+            }
+            if let Err(source) = meta_storage.sync_data() {
+                return Err(self
+                    .poison(format!("fdatasync of {} failed: {source}", meta_storage.location().display())));
+            }
+            meta.checkpoint_sequence = next_sequence;
+        }
         {
             let mut state = self.state();
             if let Some((index, position)) = cursor_update {
@@ -1250,6 +1274,9 @@ fn scan_after_checkpoint(
                     resumed_sequence: resume.sequence,
                     defect,
                 });
+                if shared.mode == OpenMode::ReadWrite {
+                    erase_stale_headers(shared, at.offset, resume.offset, generation)?;
+                }
                 at = resume;
             }
             ScanStep::End { defect } => {
@@ -1265,7 +1292,7 @@ fn scan_after_checkpoint(
                         "recovery scan found records written after the last checkpoint"
                     );
                 }
-                if defect == RecordDefect::PayloadCrc {
+                if matches!(defect, RecordDefect::PayloadCrc | RecordDefect::HeaderCrc) {
                     shared.counters.torn_tail_truncations_total.fetch_add(1, Ordering::Relaxed);
                     shared.record_event(RingEventKind::TornTailTruncated {
                         logical_offset: at.offset,
@@ -1278,4 +1305,28 @@ fn scan_after_checkpoint(
             }
         }
     }
+}
+
+/// In the hole `[from, to)` that recovery skipped, zeroes every block holding a header that is
+/// valid for its position but of a generation older than `generation`: recovery rejected it, and
+/// readers (which resynchronise with any generation) must not take it either.
+fn erase_stale_headers(shared: &Shared, from: u64, to: u64, generation: u32) -> Result<()> {
+    let mut block = AlignedBuf::zeroed(BLOCK_BYTES_USIZE);
+    let zeros = AlignedBuf::zeroed(BLOCK_BYTES_USIZE);
+    let mut at = from;
+    while at < to {
+        shared.read_data(at, block.as_mut_slice())?;
+        let header = RecordHeader::from_block(block.as_slice());
+        let expect =
+            Expectation { sequence: None, ..shared.expectation(Position { offset: at, sequence: 0 }, 0) };
+        if header.validate(block.as_slice(), &expect).is_ok() && header.generation.get() < generation {
+            shared
+                .files
+                .data
+                .write_all_at(shared.physical(at), &[zeros.as_slice()])
+                .map_err(|e| io_error(shared.files.data.location(), "erase a stale header", e))?;
+        }
+        at += BLOCK_BYTES;
+    }
+    Ok(())
 }
