@@ -42,6 +42,9 @@ pub enum RecordKind {
     Metadata = 3,
     /// A marker, such as "exposure incomplete".
     Marker = 4,
+    /// Written by recovery at the start of a region it quarantined: readers jump from here to
+    /// the position in its [`HoleExtent`]. Never returned to readers.
+    Hole = 5,
 }
 
 impl RecordKind {
@@ -52,6 +55,7 @@ impl RecordKind {
             2 => Some(Self::Frame),
             3 => Some(Self::Metadata),
             4 => Some(Self::Marker),
+            5 => Some(Self::Hole),
             _ => None,
         }
     }
@@ -131,6 +135,103 @@ pub enum RecordDefect {
     /// A valid header from an older writer generation past the last checkpoint: data that
     /// was never acknowledged before an earlier crash.
     OldGeneration(u32),
+    /// A hole marker whose extent is corrupt or points outside the readable region.
+    BadHoleExtent,
+    /// A region an earlier recovery quarantined (marked by a hole record); its records are lost.
+    /// Carries the class of defect recovery found there.
+    QuarantinedAtRecovery(DefectClass),
+}
+
+/// The kind of a [`RecordDefect`] without its details: what a hole marker remembers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum DefectClass {
+    /// [`RecordDefect::Zeroed`].
+    Zeroed = 1,
+    /// [`RecordDefect::BadMagic`].
+    BadMagic = 2,
+    /// [`RecordDefect::HeaderCrc`].
+    HeaderCrc = 3,
+    /// [`RecordDefect::UnknownVersion`].
+    UnknownVersion = 4,
+    /// [`RecordDefect::UnknownKind`].
+    UnknownKind = 5,
+    /// [`RecordDefect::ForeignRing`].
+    ForeignRing = 6,
+    /// [`RecordDefect::Misplaced`].
+    Misplaced = 7,
+    /// [`RecordDefect::SequenceGap`].
+    SequenceGap = 8,
+    /// [`RecordDefect::PayloadTooLong`].
+    PayloadTooLong = 9,
+    /// [`RecordDefect::PayloadCrc`].
+    PayloadCrc = 10,
+    /// [`RecordDefect::OldGeneration`].
+    OldGeneration = 11,
+    /// [`RecordDefect::BadHoleExtent`].
+    BadHoleExtent = 12,
+    /// A code this version does not know.
+    Unknown = 255,
+}
+
+impl DefectClass {
+    /// Decodes a stored code.
+    pub fn from_code(code: u32) -> Self {
+        match code {
+            1 => Self::Zeroed,
+            2 => Self::BadMagic,
+            3 => Self::HeaderCrc,
+            4 => Self::UnknownVersion,
+            5 => Self::UnknownKind,
+            6 => Self::ForeignRing,
+            7 => Self::Misplaced,
+            8 => Self::SequenceGap,
+            9 => Self::PayloadTooLong,
+            10 => Self::PayloadCrc,
+            11 => Self::OldGeneration,
+            12 => Self::BadHoleExtent,
+            _ => Self::Unknown,
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Self::Zeroed => "zero-filled header block",
+            Self::BadMagic => "bad magic",
+            Self::HeaderCrc => "header CRC32 mismatch",
+            Self::UnknownVersion => "unknown record format version",
+            Self::UnknownKind => "unknown record kind",
+            Self::ForeignRing => "record of another ring",
+            Self::Misplaced => "stale or misplaced record",
+            Self::SequenceGap => "unexpected sequence number",
+            Self::PayloadTooLong => "payload too long",
+            Self::PayloadCrc => "payload CRC32 mismatch",
+            Self::OldGeneration => "record of an older writer generation",
+            Self::BadHoleExtent => "corrupt hole marker",
+            Self::Unknown => "unknown defect",
+        }
+    }
+}
+
+impl RecordDefect {
+    /// The defect's class; for a region quarantined at recovery, the class found then.
+    pub fn class(&self) -> DefectClass {
+        match self {
+            Self::Zeroed => DefectClass::Zeroed,
+            Self::BadMagic => DefectClass::BadMagic,
+            Self::HeaderCrc => DefectClass::HeaderCrc,
+            Self::UnknownVersion(_) => DefectClass::UnknownVersion,
+            Self::UnknownKind(_) => DefectClass::UnknownKind,
+            Self::ForeignRing => DefectClass::ForeignRing,
+            Self::Misplaced(_) => DefectClass::Misplaced,
+            Self::SequenceGap(_) => DefectClass::SequenceGap,
+            Self::PayloadTooLong(_) => DefectClass::PayloadTooLong,
+            Self::PayloadCrc => DefectClass::PayloadCrc,
+            Self::OldGeneration(_) => DefectClass::OldGeneration,
+            Self::BadHoleExtent => DefectClass::BadHoleExtent,
+            Self::QuarantinedAtRecovery(class) => *class,
+        }
+    }
 }
 
 impl core::fmt::Display for RecordDefect {
@@ -151,6 +252,10 @@ impl core::fmt::Display for RecordDefect {
             Self::PayloadCrc => write!(f, "payload CRC32 mismatch (torn or corrupt payload)"),
             Self::OldGeneration(g) => {
                 write!(f, "record of older writer generation {g} past the last checkpoint")
+            }
+            Self::BadHoleExtent => write!(f, "hole marker with a corrupt or impossible extent"),
+            Self::QuarantinedAtRecovery(class) => {
+                write!(f, "{} (region quarantined at recovery, marked by a hole record)", class.describe())
             }
         }
     }
@@ -270,6 +375,45 @@ impl RecordHeader {
     /// Padding records report one block; their real extent runs to the end of the lap.
     pub fn stored_bytes(&self) -> u64 {
         stored_record_bytes(u64::from(self.payload_length.get()))
+    }
+}
+
+/// Where the data resumes after a hole: bytes `64..88` of a [`RecordKind::Hole`] record's header
+/// block (which has no payload). Its own CRC protects it.
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable, PartialEq, Eq)]
+#[repr(C)]
+pub struct HoleExtent {
+    /// Logical offset of the first valid record after the hole.
+    pub resume_offset: U64,
+    /// Its sequence number.
+    pub resume_sequence: U64,
+    /// [`DefectClass`] recovery found at the start of the hole.
+    pub defect_class: U32,
+    /// CRC32 of bytes `0..20` of this extent.
+    pub extent_crc32: U32,
+}
+
+const _: () = assert!(core::mem::size_of::<HoleExtent>() == 24);
+/// Offset of the [`HoleExtent`] inside a hole record's header block.
+pub const HOLE_EXTENT_OFFSET: usize = 64;
+
+impl HoleExtent {
+    /// An extent pointing at `resume_offset` / `resume_sequence`, CRC filled in.
+    pub fn new(resume_offset: u64, resume_sequence: u64, defect_class: DefectClass) -> Self {
+        let mut extent = Self {
+            resume_offset: resume_offset.into(),
+            resume_sequence: resume_sequence.into(),
+            defect_class: u32::from(defect_class as u8).into(),
+            extent_crc32: 0.into(),
+        };
+        extent.extent_crc32 = crc32fast::hash(&extent.as_bytes()[..20]).into();
+        extent
+    }
+
+    /// Reads the extent from a hole record's header block; `None` if its CRC does not match.
+    pub fn from_block(block: &[u8]) -> Option<Self> {
+        let (extent, _) = Self::read_from_prefix(&block[HOLE_EXTENT_OFFSET..]).ok()?;
+        (crc32fast::hash(&extent.as_bytes()[..20]) == extent.extent_crc32.get()).then_some(extent)
     }
 }
 

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use crate::aligned::AlignedBuf;
 use crate::error::{Error, Result};
 use crate::layout::{
-    round_up_to_block, stored_record_bytes, Expectation, RecordDefect, RecordHeader, RecordKind, BLOCK_BYTES,
-    BLOCK_BYTES_USIZE,
+    round_up_to_block, stored_record_bytes, DefectClass, Expectation, HoleExtent, RecordDefect, RecordHeader,
+    RecordKind, BLOCK_BYTES, BLOCK_BYTES_USIZE,
 };
 use crate::ring::{OpenMode, Position, ScanStep, Shared};
 use crate::stats::RingEventKind;
@@ -56,12 +56,27 @@ impl Scanner {
         known_head: Option<Position>,
     ) -> Result<ScanStep> {
         let capacity = shared.geometry.capacity_bytes;
+        if let Some((resume, class)) = shared.known_hole(at) {
+            return Ok(ScanStep::Hole { resume, class });
+        }
         shared.read_data(at.offset, self.header_block.as_mut_slice())?;
         let header = RecordHeader::from_block(self.header_block.as_slice());
         if let Err(defect) =
             header.validate(self.header_block.as_slice(), &shared.expectation(at, min_generation))
         {
             return self.resync(shared, at, defect, min_generation, limit, known_head);
+        }
+        if header.record_kind() == Some(RecordKind::Hole) {
+            return match HoleExtent::from_block(self.header_block.as_slice()) {
+                Some(extent) if hole_extent_is_possible(&extent, at, limit) => Ok(ScanStep::Hole {
+                    resume: Position {
+                        offset: extent.resume_offset.get(),
+                        sequence: extent.resume_sequence.get(),
+                    },
+                    class: DefectClass::from_code(extent.defect_class.get()),
+                }),
+                _ => self.resync(shared, at, RecordDefect::BadHoleExtent, min_generation, limit, known_head),
+            };
         }
         if header.record_kind() == Some(RecordKind::Padding) {
             let next = Position { offset: shared.next_lap_start(at.offset), sequence: at.sequence };
@@ -141,6 +156,15 @@ impl Scanner {
             _ => Ok(ScanStep::End { defect }),
         }
     }
+}
+
+/// A hole marker may only point forward, to a block boundary, within the readable region.
+fn hole_extent_is_possible(extent: &HoleExtent, at: Position, limit: u64) -> bool {
+    let resume_offset = extent.resume_offset.get();
+    resume_offset > at.offset
+        && resume_offset <= limit
+        && resume_offset.is_multiple_of(BLOCK_BYTES)
+        && extent.resume_sequence.get() >= at.sequence
 }
 
 /// What the reader knows about a record it returned.
@@ -254,10 +278,8 @@ impl Reader {
             match step {
                 ScanStep::Valid { header, next } => {
                     self.position = next;
-                    let Some(kind) = header.record_kind() else {
-                        continue;
-                    };
-                    if kind == RecordKind::Padding {
+                    let Some(kind) = header.record_kind() else { continue };
+                    if matches!(kind, RecordKind::Padding | RecordKind::Hole) {
                         continue;
                     }
                     let info = RecordInfo {
@@ -284,6 +306,21 @@ impl Reader {
                         resumed_sequence: resume.sequence,
                         defect,
                     });
+                    self.position = resume;
+                }
+                ScanStep::Hole { resume, class } => {
+                    // Recovery quarantined this region (and counted it); follow its decision, and
+                    // tell whoever watches this reader that records are missing here.
+                    if resume.sequence > at.sequence {
+                        shared.record_event(RingEventKind::Quarantined {
+                            logical_offset: at.offset,
+                            lap: at.offset / capacity,
+                            physical_offset: shared.physical(at.offset),
+                            expected_sequence: at.sequence,
+                            resumed_sequence: resume.sequence,
+                            defect: RecordDefect::QuarantinedAtRecovery(class),
+                        });
+                    }
                     self.position = resume;
                 }
                 ScanStep::End { .. } => unreachable!("a known head always resynchronises"),

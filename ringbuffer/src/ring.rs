@@ -24,9 +24,10 @@ use crate::clock::Clock;
 use crate::config::{validate_cursor_name, CreateOptions, FullPolicy, RingOptions};
 use crate::error::{io_error, Error, Result};
 use crate::layout::{
-    round_up_to_block, stored_record_bytes, CheckpointSlot, CursorEntry, Expectation, RecordDefect,
-    RecordHeader, RecordKind, SlotDefect, BLOCK_BYTES, BLOCK_BYTES_USIZE, CHECKPOINT_SLOTS,
-    CURSOR_FLAG_REQUIRED, CURSOR_NAME_BYTES, FORMAT_VERSION, MAX_CURSORS, META_FILE_BYTES,
+    round_up_to_block, stored_record_bytes, CheckpointSlot, CursorEntry, DefectClass, Expectation,
+    HoleExtent, RecordDefect, RecordHeader, RecordKind, SlotDefect, BLOCK_BYTES, BLOCK_BYTES_USIZE,
+    CHECKPOINT_SLOTS, CURSOR_FLAG_REQUIRED, CURSOR_NAME_BYTES, FORMAT_VERSION, HOLE_EXTENT_OFFSET,
+    MAX_CURSORS, META_FILE_BYTES,
 };
 use crate::stats::{Counters, EventLog, RateEstimator, RingEvent, RingEventKind};
 use crate::storage::{
@@ -138,6 +139,7 @@ pub(crate) struct Shared {
     pub space_freed: Condvar,
     meta: Mutex<MetaWriter>,
     pub poisoned_flag: AtomicBool,
+    holes: Mutex<heapless::Vec<(Position, Position, DefectClass), MAX_KNOWN_HOLES>>,
     pub counters: Counters,
     pub events: Mutex<EventLog>,
     pub directory: Option<PathBuf>,
@@ -165,6 +167,24 @@ impl Shared {
         match &self.directory {
             Some(directory) => directory.display().to_string(),
             None => self.files.data.location().display().to_string(),
+        }
+    }
+
+    /// Where data resumes if this open's recovery quarantined a region starting at `at`.
+    pub(crate) fn known_hole(&self, at: Position) -> Option<(Position, DefectClass)> {
+        lock(&self.holes)
+            .iter()
+            .find(|(start, _, _)| start.offset == at.offset)
+            .map(|&(_, resume, class)| (resume, class))
+    }
+
+    fn remember_hole(&self, at: Position, resume: Position, class: DefectClass) {
+        if lock(&self.holes).push((at, resume, class)).is_err() {
+            tracing::warn!(
+                ring = %self.display_location(),
+                "more than {MAX_KNOWN_HOLES} quarantined regions in one recovery; read-write opens still \
+                 mark them on disk, read-only inspection may report later ones again"
+            );
         }
     }
 
@@ -327,6 +347,35 @@ impl Shared {
     }
 }
 
+/// Most quarantined regions one recovery remembers in memory (read-only opens rely on it).
+const MAX_KNOWN_HOLES: usize = 64;
+
+/// Records recovery's decision on disk: a hole record at the start of a quarantined region,
+/// pointing at the first valid record after it, so readers follow recovery instead of searching.
+fn write_hole_marker(shared: &Shared, at: Position, resume: Position, class: DefectClass) -> Result<()> {
+    let geometry = shared.geometry;
+    let header = RecordHeader::new(
+        RecordKind::Hole,
+        0,
+        at.sequence,
+        at.offset,
+        geometry.ring_id,
+        geometry.generation,
+        geometry.stream_id,
+        &[],
+        shared.options.clock.now_ns(),
+    );
+    let mut block = AlignedBuf::zeroed(BLOCK_BYTES_USIZE);
+    block.as_mut_slice()[..64].copy_from_slice(header.as_bytes());
+    let extent = HoleExtent::new(resume.offset, resume.sequence, class);
+    block.as_mut_slice()[HOLE_EXTENT_OFFSET..HOLE_EXTENT_OFFSET + 24].copy_from_slice(extent.as_bytes());
+    shared
+        .files
+        .data
+        .write_all_at(shared.physical(at.offset), &[block.as_slice()])
+        .map_err(|e| io_error(shared.files.data.location(), "write a hole marker", e))
+}
+
 /// The reclaim point: the slowest persisted required cursor (the head if there is none).
 fn compute_tail(cursors: &[CursorState], head: Position) -> Position {
     cursors.iter().filter(|c| c.required).map(|c| c.persisted).min().unwrap_or(head)
@@ -363,6 +412,9 @@ pub(crate) enum ScanStep {
     Resynced { defect: RecordDefect, resume: Position },
     /// An invalid record with nothing valid after it within reach.
     End { defect: RecordDefect },
+    /// A region an earlier recovery quarantined (a hole marker on disk, or one found by this
+    /// open's recovery); continue at `resume`.
+    Hole { resume: Position, class: DefectClass },
 }
 
 impl Ring {
@@ -1174,6 +1226,7 @@ fn recover(
             block: AlignedBuf::zeroed(BLOCK_BYTES_USIZE),
         }),
         poisoned_flag: AtomicBool::new(false),
+        holes: Mutex::new(heapless::Vec::new()),
         counters: Counters::default(),
         events: Mutex::new(EventLog::new()),
         directory: directory.map(Path::to_path_buf),
@@ -1274,9 +1327,15 @@ fn scan_after_checkpoint(
                     resumed_sequence: resume.sequence,
                     defect,
                 });
+                shared.remember_hole(at, resume, defect.class());
                 if shared.mode == OpenMode::ReadWrite {
-                    erase_stale_headers(shared, at.offset, resume.offset, generation)?;
+                    write_hole_marker(shared, at, resume, defect.class())?;
                 }
+                at = resume;
+            }
+            ScanStep::Hole { resume, .. } => {
+                // An earlier recovery quarantined this region (we fell back to an older
+                // checkpoint): follow its marker.
                 at = resume;
             }
             ScanStep::End { defect } => {
@@ -1305,28 +1364,4 @@ fn scan_after_checkpoint(
             }
         }
     }
-}
-
-/// In the hole `[from, to)` that recovery skipped, zeroes every block holding a header that is
-/// valid for its position but of a generation older than `generation`: recovery rejected it, and
-/// readers (which resynchronise with any generation) must not take it either.
-fn erase_stale_headers(shared: &Shared, from: u64, to: u64, generation: u32) -> Result<()> {
-    let mut block = AlignedBuf::zeroed(BLOCK_BYTES_USIZE);
-    let zeros = AlignedBuf::zeroed(BLOCK_BYTES_USIZE);
-    let mut at = from;
-    while at < to {
-        shared.read_data(at, block.as_mut_slice())?;
-        let header = RecordHeader::from_block(block.as_slice());
-        let expect =
-            Expectation { sequence: None, ..shared.expectation(Position { offset: at, sequence: 0 }, 0) };
-        if header.validate(block.as_slice(), &expect).is_ok() && header.generation.get() < generation {
-            shared
-                .files
-                .data
-                .write_all_at(shared.physical(at), &[zeros.as_slice()])
-                .map_err(|e| io_error(shared.files.data.location(), "erase a stale header", e))?;
-        }
-        at += BLOCK_BYTES;
-    }
-    Ok(())
 }

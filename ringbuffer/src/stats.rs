@@ -412,6 +412,20 @@ pub struct VerifyReport {
 }
 
 impl VerifyReport {
+    fn record_bad_region(&mut self, capacity: u64, at: Position, resume: Position, defect: RecordDefect) {
+        self.bad_region_count += 1;
+        self.bad_records += resume.sequence.saturating_sub(at.sequence);
+        if self.bad_regions.len() < VERIFY_LISTED_DEFECTS {
+            self.bad_regions.push(BadRegion {
+                physical_offset: at.offset % capacity,
+                logical_offset: at.offset,
+                lap: at.offset / capacity,
+                expected_sequence: at.sequence,
+                resumed_sequence: resume.sequence,
+                defect,
+            });
+        }
+    }
     /// Whether every retained record is valid.
     pub fn is_clean(&self) -> bool {
         self.bad_region_count == 0
@@ -443,18 +457,11 @@ pub(crate) fn verify(shared: &Shared) -> Result<VerifyReport> {
                 at = next;
             }
             ScanStep::Resynced { defect, resume } => {
-                report.bad_region_count += 1;
-                report.bad_records += resume.sequence.saturating_sub(at.sequence).max(1);
-                if report.bad_regions.len() < VERIFY_LISTED_DEFECTS {
-                    report.bad_regions.push(BadRegion {
-                        physical_offset: at.offset % capacity,
-                        logical_offset: at.offset,
-                        lap: at.offset / capacity,
-                        expected_sequence: at.sequence,
-                        resumed_sequence: resume.sequence,
-                        defect,
-                    });
-                }
+                report.record_bad_region(capacity, at, resume, defect);
+                at = resume;
+            }
+            ScanStep::Hole { resume, class } => {
+                report.record_bad_region(capacity, at, resume, RecordDefect::QuarantinedAtRecovery(class));
                 at = resume;
             }
             ScanStep::End { .. } => unreachable!("a known head always resynchronises"),
