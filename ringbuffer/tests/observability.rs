@@ -103,7 +103,7 @@ fn fill_thresholds_time_to_full_and_oldest_undrained_age_are_reported() {
         clock.advance_ns(1_000_000_000);
     }
     let stats = ring.stats();
-    assert_eq!(stats.used_bytes, 52 * 16 << 10);
+    assert_eq!(stats.used_bytes, (52 * 16) << 10);
     assert!((stats.fill_ratio - 52.0 * 16.0 / 1024.0).abs() < 1e-9);
     assert_eq!(stats.thresholds, vec![(0.80, true), (0.95, false)]);
     let rate = stats.append_rate_bytes_per_second.expect("rate known");
@@ -114,7 +114,7 @@ fn fill_thresholds_time_to_full_and_oldest_undrained_age_are_reported() {
     assert_eq!(oldest.sequence, 1);
     assert!((oldest.age_seconds - 52.0).abs() < 1e-9, "age {}", oldest.age_seconds);
     let drain = stats.cursors.iter().find(|c| c.name == "drain").unwrap();
-    assert_eq!((drain.lag_records, drain.lag_bytes), (52, 52 * 16 << 10));
+    assert_eq!((drain.lag_records, drain.lag_bytes), (52, (52 * 16) << 10));
     let crossings: Vec<_> = ring
         .recent_events()
         .into_iter()
