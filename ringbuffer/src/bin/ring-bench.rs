@@ -331,6 +331,23 @@ struct WriteRun {
     cpu_seconds: f64,
 }
 
+impl WriteRun {
+    fn mean(runs: &[WriteRun]) -> WriteRun {
+        let count = runs.len() as f64;
+        WriteRun {
+            payload_gbps: runs.iter().map(|r| r.payload_gbps).sum::<f64>() / count,
+            wall_seconds: runs.iter().map(|r| r.wall_seconds).sum::<f64>() / count,
+            cpu_seconds: runs.iter().map(|r| r.cpu_seconds).sum::<f64>() / count,
+        }
+    }
+}
+
+/// Flushes dirty data and waits a moment, so one run's writeback does not land in the next.
+fn settle() {
+    let _ = Command::new("sync").status();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+}
+
 /// Where the writes land: freshly `fallocate`d extents (the first lap of a new ring) or extents
 /// already written once (every later lap; or a ring created with `--zero-fill`).
 #[derive(Clone, Copy, PartialEq)]
@@ -408,17 +425,42 @@ fn bench_append(dir: &Path, total: u64, record: u64, group: u64, depth: usize) -
     for extents in [Extents::Fresh, Extents::Written] {
         let depths: &[usize] = if depth == 1 { &[1] } else { &[1, depth] };
         for &queue_depth in depths {
-            let ring = ring_write_run(&ring_dir, extents, records, record, group, queue_depth)?;
-            let fio = fio_write_run(&fio_file, extents, record, payload_bytes, group, queue_depth)?;
+            // Two runs each, in the order ring, fio, fio, ring, each after a settle pause: on a
+            // virtual disk the host writes back the previous run's data while the next one runs,
+            // so whoever always ran second would be penalised.
+            let mut ring_runs = Vec::new();
+            let mut fio_runs = Vec::new();
+            for ring_first in [true, false] {
+                for ring_turn in [ring_first, !ring_first] {
+                    if ring_turn {
+                        ring_runs.push(ring_write_run(
+                            &ring_dir,
+                            extents,
+                            records,
+                            record,
+                            group,
+                            queue_depth,
+                        )?);
+                    } else {
+                        fio_runs.push(fio_write_run(
+                            &fio_file,
+                            extents,
+                            record,
+                            payload_bytes,
+                            group,
+                            queue_depth,
+                        )?);
+                    }
+                }
+            }
+            let ring = WriteRun::mean(&ring_runs);
+            let fio = WriteRun::mean(&fio_runs);
             println!(
-                "{:<16} qd {:>2}: ring {:.3} GB/s ({:.2} s, {:.2} s CPU)   fio {:.3} GB/s ({:.2} s)   ratio {:.2}",
+                "{:<16} qd {:>2}: ring {} GB/s   fio {} GB/s   ratio of means {:.2}",
                 extents.label(),
                 queue_depth,
-                ring.payload_gbps,
-                ring.wall_seconds,
-                ring.cpu_seconds,
-                fio.payload_gbps,
-                fio.wall_seconds,
+                ring_runs.iter().map(|r| format!("{:.3}", r.payload_gbps)).collect::<Vec<_>>().join(" "),
+                fio_runs.iter().map(|r| format!("{:.3}", r.payload_gbps)).collect::<Vec<_>>().join(" "),
                 ring.payload_gbps / fio.payload_gbps
             );
             rows.push((extents, queue_depth, ring, fio));
@@ -426,6 +468,7 @@ fn bench_append(dir: &Path, total: u64, record: u64, group: u64, depth: usize) -
     }
     let peak_rss_kib = vm_hwm_kib();
     println!();
+    println!("means of two runs each:");
     println!("| extents          | qd | ring GB/s | fio GB/s | ring / fio | ring CPU s/GB |");
     println!("|------------------|----|-----------|----------|------------|---------------|");
     for (extents, queue_depth, ring, fio) in &rows {
@@ -466,6 +509,7 @@ fn ring_write_run(
     create.max_payload_bytes = create.max_payload_bytes.max(u32::try_from(record)?);
     create.zero_fill = extents == Extents::Written;
     let mut ring = Ring::create(ring_dir, &create, RingOptions::default())?;
+    settle();
     let mut buffer = AlignedBuf::zeroed(record_usize);
     fill_record(0x5EED, 1, &mut buffer.as_mut_slice()[..record_usize]);
     let batch_record = BatchRecord {
@@ -513,6 +557,7 @@ fn fio_write_run(
     if extents == Extents::Written {
         // An unmeasured first pass writes every extent once, as zero-fill does for the ring.
         run_fio(&args)?;
+        settle();
     }
     let result = run_fio(&args)?;
     std::fs::remove_file(fio_file)?;
