@@ -55,6 +55,9 @@ enum BenchCommand {
         /// Writes in flight for the batched runs (fio --iodepth); runs at depth 1 are always made.
         #[arg(long, default_value_t = 4)]
         depth: usize,
+        /// Pairs of runs per configuration (alternating ring-first and fio-first); medians reported.
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
     },
     /// Recovery time and memory after a writer is SIGKILLed mid-stream.
     Reopen {
@@ -122,8 +125,8 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
-        BenchCommand::Append { dir, total, record, group, depth } => {
-            bench_append(&dir, total, record, group, depth)
+        BenchCommand::Append { dir, total, record, group, depth, rounds } => {
+            bench_append(&dir, total, record, group, depth, rounds.max(1))
         }
         BenchCommand::Reopen { dir, capacity, fill, record, group, no_verify } => {
             bench_reopen(&dir, capacity, fill, record, group, !no_verify)
@@ -332,12 +335,16 @@ struct WriteRun {
 }
 
 impl WriteRun {
-    fn mean(runs: &[WriteRun]) -> WriteRun {
-        let count = runs.len() as f64;
+    /// The run with the median throughput (the mean of the middle two for an even count).
+    fn median(runs: &mut [WriteRun]) -> WriteRun {
+        runs.sort_by(|a, b| a.payload_gbps.total_cmp(&b.payload_gbps));
+        let middle = runs.len() / 2;
+        let pick = if runs.len() % 2 == 1 { &runs[middle..=middle] } else { &runs[middle - 1..=middle] };
+        let count = pick.len() as f64;
         WriteRun {
-            payload_gbps: runs.iter().map(|r| r.payload_gbps).sum::<f64>() / count,
-            wall_seconds: runs.iter().map(|r| r.wall_seconds).sum::<f64>() / count,
-            cpu_seconds: runs.iter().map(|r| r.cpu_seconds).sum::<f64>() / count,
+            payload_gbps: pick.iter().map(|r| r.payload_gbps).sum::<f64>() / count,
+            wall_seconds: pick.iter().map(|r| r.wall_seconds).sum::<f64>() / count,
+            cpu_seconds: pick.iter().map(|r| r.cpu_seconds).sum::<f64>() / count,
         }
     }
 }
@@ -365,7 +372,14 @@ impl Extents {
     }
 }
 
-fn bench_append(dir: &Path, total: u64, record: u64, group: u64, depth: usize) -> Result<ExitCode, BoxError> {
+fn bench_append(
+    dir: &Path,
+    total: u64,
+    record: u64,
+    group: u64,
+    depth: usize,
+    rounds: usize,
+) -> Result<ExitCode, BoxError> {
     if record == 0 || group == 0 || total < record {
         return Err("need --record > 0, --group > 0 and --total >= --record".into());
     }
@@ -430,7 +444,8 @@ fn bench_append(dir: &Path, total: u64, record: u64, group: u64, depth: usize) -
             // so whoever always ran second would be penalised.
             let mut ring_runs = Vec::new();
             let mut fio_runs = Vec::new();
-            for ring_first in [true, false] {
+            for round in 0..rounds {
+                let ring_first = round % 2 == 0;
                 for ring_turn in [ring_first, !ring_first] {
                     if ring_turn {
                         ring_runs.push(ring_write_run(
@@ -453,10 +468,10 @@ fn bench_append(dir: &Path, total: u64, record: u64, group: u64, depth: usize) -
                     }
                 }
             }
-            let ring = WriteRun::mean(&ring_runs);
-            let fio = WriteRun::mean(&fio_runs);
+            let ring = WriteRun::median(&mut ring_runs);
+            let fio = WriteRun::median(&mut fio_runs);
             println!(
-                "{:<16} qd {:>2}: ring {} GB/s   fio {} GB/s   ratio of means {:.2}",
+                "{:<16} qd {:>2}: ring {} GB/s   fio {} GB/s   ratio of medians {:.2}",
                 extents.label(),
                 queue_depth,
                 ring_runs.iter().map(|r| format!("{:.3}", r.payload_gbps)).collect::<Vec<_>>().join(" "),
@@ -468,7 +483,7 @@ fn bench_append(dir: &Path, total: u64, record: u64, group: u64, depth: usize) -
     }
     let peak_rss_kib = vm_hwm_kib();
     println!();
-    println!("means of two runs each:");
+    println!("medians of {rounds} runs each:");
     println!("| extents          | qd | ring GB/s | fio GB/s | ring / fio | ring CPU s/GB |");
     println!("|------------------|----|-----------|----------|------------|---------------|");
     for (extents, queue_depth, ring, fio) in &rows {
