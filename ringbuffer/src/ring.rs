@@ -259,46 +259,14 @@ impl Shared {
             let tail = compute_tail(&cursors, state.durable);
             self.encode_checkpoint(next_sequence, state.durable, tail, &cursors)
         };
-        let block = meta.block.as_mut_slice();
-        block.fill(0);
-        block[..slot.as_bytes().len()].copy_from_slice(slot.as_bytes());
-        let slot_offset = (next_sequence % CHECKPOINT_SLOTS as u64) * BLOCK_BYTES;
-        let meta_storage = &self.files.meta;
-        if let Err(source) = meta_storage.write_all_at(slot_offset, &[meta.block.as_slice()]) {
-            return Err(self.poison(format!(
-                "checkpoint write to {} failed: {source}",
-                meta_storage.location().display()
-            )));
-        }
-        if let Err(source) = meta_storage.sync_data() {
-            return Err(
-                self.poison(format!("fdatasync of {} failed: {source}", meta_storage.location().display()))
-            );
-        }
-        meta.checkpoint_sequence = next_sequence;
+        self.write_slot(&mut meta, &slot)?;
         // The older slot is what recovery falls back to if the newest is lost: reuse space only
         // once both slots release it.
-        let tail_moves = slot.tail_offset.get() > self.state().tail.offset;
-        if tail_moves {
-            let next_sequence = meta.checkpoint_sequence + 1;
+        if slot.tail_offset.get() > self.state().tail.offset {
             let mut again = slot;
-            again.checkpoint_sequence = next_sequence.into();
+            again.checkpoint_sequence = (meta.checkpoint_sequence + 1).into();
             again.seal();
-            let block = meta.block.as_mut_slice();
-            block.fill(0);
-            block[..again.as_bytes().len()].copy_from_slice(again.as_bytes());
-            let slot_offset = (next_sequence % CHECKPOINT_SLOTS as u64) * BLOCK_BYTES;
-            if let Err(source) = meta_storage.write_all_at(slot_offset, &[meta.block.as_slice()]) {
-                return Err(self.poison(format!(
-                    "checkpoint write to {} failed: {source}",
-                    meta_storage.location().display()
-                )));
-            }
-            if let Err(source) = meta_storage.sync_data() {
-                return Err(self
-                    .poison(format!("fdatasync of {} failed: {source}", meta_storage.location().display())));
-            }
-            meta.checkpoint_sequence = next_sequence;
+            self.write_slot(&mut meta, &again)?;
         }
         {
             let mut state = self.state();
@@ -309,6 +277,27 @@ impl Shared {
         }
         self.counters.checkpoints_total.fetch_add(1, Ordering::Relaxed);
         self.space_freed.notify_all();
+        Ok(())
+    }
+
+    /// Writes one sealed slot to its place in `ring.meta` and makes it durable; poisons on failure.
+    fn write_slot(&self, meta: &mut MetaWriter, slot: &CheckpointSlot) -> Result<()> {
+        let checkpoint_sequence = slot.checkpoint_sequence.get();
+        assert_eq!(checkpoint_sequence, meta.checkpoint_sequence + 1, "checkpoints are written in order");
+        let block = meta.block.as_mut_slice();
+        block.fill(0);
+        block[..slot.as_bytes().len()].copy_from_slice(slot.as_bytes());
+        let slot_offset = (checkpoint_sequence % CHECKPOINT_SLOTS as u64) * BLOCK_BYTES;
+        let meta_storage = &self.files.meta;
+        if let Err(source) = meta_storage.write_all_at(slot_offset, &[meta.block.as_slice()]) {
+            let location = meta_storage.location().display();
+            return Err(self.poison(format!("checkpoint write to {location} failed: {source}")));
+        }
+        if let Err(source) = meta_storage.sync_data() {
+            let location = meta_storage.location().display();
+            return Err(self.poison(format!("fdatasync of {location} failed: {source}")));
+        }
+        meta.checkpoint_sequence = checkpoint_sequence;
         Ok(())
     }
 
