@@ -79,7 +79,7 @@ impl FileStorage {
 
     fn zero_fill(&self) -> io::Result<()> {
         const CHUNK_BYTES: usize = 8 << 20;
-        const PROGRESS_EVERY_BYTES: u64 = 4 << 30;
+        const PROGRESS_EVERY_BYTES: u64 = 1 << 30;
         let zeros = crate::aligned::AlignedBuf::zeroed(CHUNK_BYTES);
         let mut offset = 0u64;
         let mut next_progress = PROGRESS_EVERY_BYTES;
@@ -91,6 +91,7 @@ impl FileStorage {
             if offset >= next_progress {
                 tracing::info!(
                     path = %self.path.display(),
+                    percent = offset * 100 / self.len_bytes,
                     written_bytes = offset,
                     total_bytes = self.len_bytes,
                     "zero-filling ring data file"
