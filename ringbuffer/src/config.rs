@@ -72,6 +72,19 @@ impl CreateOptions {
                 reason: "must be a positive multiple of 4096".into(),
             });
         }
+        let largest_record_bytes = crate::layout::stored_record_bytes(u64::from(self.max_payload_bytes));
+        if 2 * largest_record_bytes - BLOCK_BYTES > self.capacity_bytes {
+            return Err(Error::InvalidConfig {
+                field: "capacity_bytes",
+                value: self.capacity_bytes.to_string(),
+                reason: format!(
+                    "must hold a largest record plus the padding before it at a lap end ({} bytes for a \
+                     maximum payload of {} bytes)",
+                    2 * largest_record_bytes - BLOCK_BYTES,
+                    self.max_payload_bytes
+                ),
+            });
+        }
         if self.max_payload_bytes == 0 || u64::from(self.max_payload_bytes) > self.capacity_bytes / 8 {
             return Err(Error::InvalidConfig {
                 field: "max_payload_bytes",

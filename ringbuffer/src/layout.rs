@@ -565,6 +565,20 @@ impl CheckpointSlot {
         if slot.head_offset.get() < slot.tail_offset.get() {
             return Err(SlotDefect::Inconsistent("head is behind tail"));
         }
+        if slot.tail_sequence.get() == 0 || slot.head_sequence.get() < slot.tail_sequence.get() {
+            return Err(SlotDefect::Inconsistent("sequence numbers out of order"));
+        }
+        if !slot.head_offset.get().is_multiple_of(BLOCK_BYTES)
+            || !slot.tail_offset.get().is_multiple_of(BLOCK_BYTES)
+        {
+            return Err(SlotDefect::Inconsistent("head or tail not on a 4096-byte boundary"));
+        }
+        for cursor in slot.cursors_in_use_unchecked() {
+            let (offset, sequence) = (cursor.logical_offset.get(), cursor.sequence.get());
+            if !offset.is_multiple_of(BLOCK_BYTES) || sequence == 0 || sequence > slot.head_sequence.get() {
+                return Err(SlotDefect::Inconsistent("cursor position impossible"));
+            }
+        }
         if slot.head_offset.get() - slot.tail_offset.get() > capacity {
             return Err(SlotDefect::Inconsistent("more data retained than capacity"));
         }
@@ -577,6 +591,10 @@ impl CheckpointSlot {
     /// Cursor entries in use.
     pub fn cursors_in_use(&self) -> &[CursorEntry] {
         &self.cursors[..self.cursor_count.get() as usize]
+    }
+
+    fn cursors_in_use_unchecked(&self) -> &[CursorEntry] {
+        &self.cursors[..(self.cursor_count.get() as usize).min(MAX_CURSORS)]
     }
 }
 
@@ -648,6 +666,8 @@ mod tests {
         slot.checkpoint_sequence = 5.into();
         slot.capacity_bytes = (1u64 << 30).into();
         slot.head_offset = 8192.into();
+        slot.head_sequence = 3.into();
+        slot.tail_sequence = 1.into();
         slot.seal();
         let mut block = vec![0u8; BLOCK_BYTES_USIZE];
         block[..512].copy_from_slice(slot.as_bytes());

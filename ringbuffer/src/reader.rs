@@ -203,7 +203,12 @@ pub struct Reader {
     name: String,
     position: Position,
     scanner: Scanner,
+    /// Ends of the records returned most recently: positions `commit_at` accepts without a read.
+    recent_ends: heapless::Deque<Position, RECENT_ENDS>,
 }
+
+/// Record ends a reader remembers for `commit_at` (a drain has at most this many in flight).
+const RECENT_ENDS: usize = 256;
 
 impl Reader {
     pub(crate) fn open(shared: Arc<Shared>, name: &str, start_at_cursor: Option<&str>) -> Result<Self> {
@@ -232,7 +237,14 @@ impl Reader {
             (cursor_index, position)
         };
         let scanner = Scanner::new(&shared);
-        Ok(Self { shared, cursor_index, name: name.into(), position, scanner })
+        Ok(Self {
+            shared,
+            cursor_index,
+            name: name.into(),
+            position,
+            scanner,
+            recent_ends: heapless::Deque::new(),
+        })
     }
 
     /// The cursor's name.
@@ -291,6 +303,10 @@ impl Reader {
                         position: at,
                         end: next,
                     };
+                    if self.recent_ends.is_full() {
+                        self.recent_ends.pop_front();
+                    }
+                    let _ = self.recent_ends.push_back(next);
                     return Ok(Some((info, header.payload_length.get() as usize)));
                 }
                 ScanStep::Resynced { defect, resume } => {
@@ -390,7 +406,27 @@ impl Reader {
         if position.offset <= persisted.offset {
             return Ok(());
         }
+        if position != self.position && !self.recent_ends.iter().any(|&end| end == position) {
+            self.check_record_boundary(position)?;
+        }
         self.shared.checkpoint(Some((self.cursor_index, position)))
+    }
+
+    /// A position the reader did not just return must hold a valid record header (data, padding
+    /// or hole) with that very sequence number; anything else would strand the cursor.
+    fn check_record_boundary(&mut self, position: Position) -> Result<()> {
+        let shared = Arc::clone(&self.shared);
+        let mut block = AlignedBuf::zeroed(BLOCK_BYTES_USIZE);
+        shared.read_data(position.offset, block.as_mut_slice())?;
+        let header = RecordHeader::from_block(block.as_slice());
+        header.validate(block.as_slice(), &shared.expectation(position, 0)).map_err(|defect| Error::Cursor {
+            name: self.name.clone(),
+            reason: format!(
+                "cannot commit at offset {} sequence {}: not the start of a record ({defect}); commit a \
+                 RecordInfo::end returned by this reader",
+                position.offset, position.sequence
+            ),
+        })
     }
 }
 

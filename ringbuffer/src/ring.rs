@@ -256,7 +256,7 @@ impl Shared {
             if let Some((index, position)) = cursor_update {
                 cursors[index].persisted = position;
             }
-            let tail = compute_tail(&cursors, state.durable);
+            let tail = compute_tail(&cursors, state.durable).max(state.tail);
             self.encode_checkpoint(next_sequence, state.durable, tail, &cursors)
         };
         self.write_slot(&mut meta, &slot)?;
@@ -273,7 +273,8 @@ impl Shared {
             if let Some((index, position)) = cursor_update {
                 state.cursors[index].persisted = position;
             }
-            state.tail = compute_tail(&state.cursors, state.durable);
+            // The tail never moves backwards: space already reclaimed stays reclaimed.
+            state.tail = compute_tail(&state.cursors, state.durable).max(state.tail);
         }
         self.counters.checkpoints_total.fetch_add(1, Ordering::Relaxed);
         self.space_freed.notify_all();
@@ -418,6 +419,14 @@ impl Ring {
         let lock_file = take_lock(directory)?;
         let data_path = directory.join(DATA_FILE_NAME);
         let meta_path = directory.join(META_FILE_NAME);
+        let data_creating = directory.join(format!("{DATA_FILE_NAME}{CREATING_SUFFIX}"));
+        let meta_creating = directory.join(format!("{META_FILE_NAME}{CREATING_SUFFIX}"));
+        if data_path.exists() && !meta_path.exists() && meta_creating.exists() {
+            // `ring.meta` is renamed into place last: without it, `ring.data` is the half of an
+            // interrupted create and never held a record.
+            tracing::warn!(path = %data_path.display(), "removing the data file of an interrupted create");
+            std::fs::remove_file(&data_path).map_err(|e| io_error(&data_path, "remove", e))?;
+        }
         if data_path.exists() || meta_path.exists() {
             if !create.force {
                 return Err(Error::AlreadyExists { path: directory.to_path_buf() });
@@ -432,8 +441,6 @@ impl Ring {
         // Build the ring under temporary names and rename it into place, `ring.meta` last: a
         // crash at any point leaves either no ring (and `*.creating` leftovers that the next
         // create removes) or a complete one, never a directory that neither opens nor creates.
-        let data_creating = directory.join(format!("{DATA_FILE_NAME}{CREATING_SUFFIX}"));
-        let meta_creating = directory.join(format!("{META_FILE_NAME}{CREATING_SUFFIX}"));
         for leftover in [&data_creating, &meta_creating] {
             if leftover.exists() {
                 tracing::warn!(path = %leftover.display(), "removing the leftover of an interrupted create");
@@ -571,7 +578,13 @@ impl Ring {
     }
 
     fn check_payload(&self, kind: RecordKind, padded: &[u8], payload_length: usize) -> Result<()> {
-        assert!(kind != RecordKind::Padding, "padding records are written by the ring only");
+        if matches!(kind, RecordKind::Padding | RecordKind::Hole) {
+            return Err(Error::InvalidConfig {
+                field: "kind",
+                value: format!("{kind:?}"),
+                reason: "padding and hole records are written by the ring itself".into(),
+            });
+        }
         let max_bytes = u64::from(self.shared.geometry.max_payload_bytes);
         if payload_length as u64 > max_bytes {
             return Err(Error::TooLarge { length_bytes: payload_length as u64, max_bytes });
@@ -918,14 +931,26 @@ impl Ring {
         crate::reader::Reader::open(Arc::clone(&self.shared), cursor, Some(start_at_cursor))
     }
 
-    /// Adds a cursor at the oldest retained record (or changes its `required` flag) and persists
-    /// it in a checkpoint.
+    /// Adds a cursor at the oldest retained record, or makes an optional one required (moving it
+    /// up to the tail if it lagged behind), and persists it in a checkpoint. Refuses to make a
+    /// required cursor optional: that is [`Ring::set_cursor_required`].
     pub fn add_cursor(&mut self, name: &str, required: bool) -> Result<()> {
+        self.change_cursor(name, required, Demotion::Refuse)
+    }
+
+    /// Sets whether `name` holds back reclamation. Making a required cursor optional releases
+    /// the undrained data behind it at the next checkpoint; `drain` can never be made optional.
+    pub fn set_cursor_required(&mut self, name: &str, required: bool) -> Result<()> {
+        self.change_cursor(name, required, Demotion::Allow)
+    }
+
+    fn change_cursor(&mut self, name: &str, required: bool, demotion: Demotion) -> Result<()> {
+        self.check_writable()?;
         validate_cursor_name(name)?;
         {
             let mut state = self.shared.state();
             let tail = state.tail;
-            ensure_cursor(&mut state.cursors, name, required, tail)?;
+            ensure_cursor(&mut state.cursors, name, required, tail, demotion)?;
         }
         self.shared.checkpoint(None)
     }
@@ -1025,16 +1050,42 @@ pub fn open_read_only_on(files: RingFiles) -> Result<Ring> {
     Ring::open_inner(files, options, OpenMode::ReadOnly, None, None)
 }
 
+/// Whether a required cursor may be made optional (which releases the data it holds back).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Demotion {
+    Refuse,
+    Allow,
+}
+
 fn ensure_cursor(
     cursors: &mut heapless::Vec<CursorState, MAX_CURSORS>,
     name: &str,
     required: bool,
-    start: Position,
+    tail: Position,
+    demotion: Demotion,
 ) -> Result<()> {
     if let Some(existing) = cursors.iter_mut().find(|c| c.name.as_str() == name) {
-        if existing.required != required {
-            tracing::info!(cursor = name, required, "cursor reclamation flag changed");
-            existing.required = required;
+        if existing.required && !required {
+            if demotion == Demotion::Refuse || name == "drain" {
+                return Err(Error::Cursor {
+                    name: name.into(),
+                    reason: if name == "drain" {
+                        "the drain cursor is always required; making it optional would release undrained data"
+                            .into()
+                    } else {
+                        "is required in this ring but listed as optional; making it optional releases the \
+                         data it holds back, so do it deliberately with Ring::set_cursor_required"
+                            .into()
+                    },
+                });
+            }
+            tracing::warn!(cursor = name, "cursor made optional: the data it held back may now be reclaimed");
+            existing.required = false;
+        } else if !existing.required && required {
+            // An optional cursor may lag behind the tail (overrun); a required one defines it.
+            existing.persisted = existing.persisted.max(tail);
+            existing.required = true;
+            tracing::info!(cursor = name, "cursor made required");
         }
         return Ok(());
     }
@@ -1043,7 +1094,7 @@ fn ensure_cursor(
         name: name.into(),
         reason: format!("name longer than {CURSOR_NAME_BYTES} bytes"),
     })?;
-    cursors.push(CursorState { name: cursor_name, required, persisted: start, in_use: false }).map_err(|_| {
+    cursors.push(CursorState { name: cursor_name, required, persisted: tail, in_use: false }).map_err(|_| {
         Error::Cursor {
             name: name.into(),
             reason: format!("the ring already has the maximum of {MAX_CURSORS} cursors"),
@@ -1087,9 +1138,15 @@ fn open_files(directory: &Path, direct_io: bool) -> Result<RingFiles> {
     let meta_path = directory.join(META_FILE_NAME);
     for path in [&meta_path, &data_path] {
         if !path.exists() {
+            let interrupted = directory.join(format!("{META_FILE_NAME}{CREATING_SUFFIX}")).exists();
             return Err(Error::NotARing {
                 path: path.clone(),
-                detail: "file missing (create a ring with `summit-ring create`)".into(),
+                detail: if interrupted {
+                    "file missing: a create was interrupted here and no ring exists; run `summit-ring create` again"
+                        .into()
+                } else {
+                    "file missing (create a ring with `summit-ring create`)".into()
+                },
             });
         }
     }
@@ -1099,8 +1156,20 @@ fn open_files(directory: &Path, direct_io: bool) -> Result<RingFiles> {
 }
 
 fn open_files_read_only(directory: &Path) -> Result<RingFiles> {
-    // Same files, buffered I/O; nothing is ever written through a read-only ring.
-    open_files(directory, false)
+    // Opened without write permission: inspection works on a read-only mount or for an operator
+    // who may not write the ring.
+    let mut files = Vec::with_capacity(2);
+    for name in [META_FILE_NAME, DATA_FILE_NAME] {
+        let path = directory.join(name);
+        if !path.exists() {
+            return open_files(directory, false);
+        }
+        let storage = FileStorage::open_read_only(&path).map_err(|e| io_error(&path, "open read-only", e))?;
+        files.push(Arc::new(storage) as Arc<dyn Storage>);
+    }
+    let data = files.pop().expect("two files");
+    let meta = files.pop().expect("two files");
+    Ok(RingFiles { meta, data })
 }
 
 fn check_size(storage: &dyn Storage, expected_bytes: u64) -> Result<()> {
@@ -1200,7 +1269,7 @@ fn recover(
             .expect("checkpoint holds at most MAX_CURSORS cursors");
     }
     for spec in &options.cursors {
-        ensure_cursor(&mut cursors, &spec.name, spec.required, tail)?;
+        ensure_cursor(&mut cursors, &spec.name, spec.required, tail, Demotion::Refuse)?;
     }
     let shared = Shared {
         files,

@@ -121,6 +121,13 @@ impl FileStorage {
         Ok(Self { file, path: path.to_path_buf(), len_bytes, direct_io: false })
     }
 
+    /// Opens an existing file for reading only (buffered); writes through it fail with `EBADF`.
+    pub fn open_read_only(path: &Path) -> io::Result<Self> {
+        let len_bytes = std::fs::metadata(path)?.len();
+        let file = OpenOptions::new().read(true).open(path)?;
+        Ok(Self { file, path: path.to_path_buf(), len_bytes, direct_io: false })
+    }
+
     /// Whether the file is open with `O_DIRECT`.
     pub fn is_direct_io(&self) -> bool {
         self.direct_io
