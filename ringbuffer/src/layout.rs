@@ -486,8 +486,10 @@ pub struct CheckpointSlot {
     pub created_ns: U64,
     /// The cursors.
     pub cursors: [CursorEntry; MAX_CURSORS],
+    /// Bit 0: [`CHECKPOINT_FLAG_CLEAN_CLOSE`].
+    pub flags: U32,
     /// Zero.
-    pub reserved: [u8; 28],
+    pub reserved: [u8; 24],
     /// CRC32 of bytes `0..508` of this slot.
     pub slot_crc32: U32,
 }
@@ -495,6 +497,10 @@ pub struct CheckpointSlot {
 const _: () = assert!(core::mem::size_of::<CheckpointSlot>() == 512);
 const _: () = assert!(core::mem::offset_of!(CheckpointSlot, slot_crc32) == 508);
 const _: () = assert!(core::mem::offset_of!(CheckpointSlot, cursors) == 96);
+const _: () = assert!(core::mem::offset_of!(CheckpointSlot, flags) == 480);
+
+/// Checkpoint flag: written by a clean close; nothing was appended after it.
+pub const CHECKPOINT_FLAG_CLEAN_CLOSE: u32 = 1;
 
 /// Why a checkpoint slot was not usable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

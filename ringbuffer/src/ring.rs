@@ -26,8 +26,8 @@ use crate::error::{io_error, Error, Result};
 use crate::layout::{
     round_up_to_block, stored_record_bytes, CheckpointSlot, CursorEntry, DefectClass, Expectation,
     HoleExtent, RecordDefect, RecordHeader, RecordKind, SlotDefect, BLOCK_BYTES, BLOCK_BYTES_USIZE,
-    CHECKPOINT_SLOTS, CURSOR_FLAG_REQUIRED, CURSOR_NAME_BYTES, FORMAT_VERSION, HOLE_EXTENT_OFFSET,
-    MAX_CURSORS, META_FILE_BYTES,
+    CHECKPOINT_FLAG_CLEAN_CLOSE, CHECKPOINT_SLOTS, CURSOR_FLAG_REQUIRED, CURSOR_NAME_BYTES, FORMAT_VERSION,
+    HOLE_EXTENT_OFFSET, MAX_CURSORS, META_FILE_BYTES,
 };
 use crate::stats::{Counters, EventLog, RateEstimator, RingEvent, RingEventKind};
 use crate::storage::{
@@ -188,6 +188,13 @@ impl Shared {
         }
     }
 
+    /// Most bytes a writer may have appended and not yet synced. Appends commit before going past
+    /// it, so after a crash recovery knows how far beyond the durable head stale writes can lie.
+    pub(crate) fn unsynced_limit_bytes(&self) -> u64 {
+        let largest_record_bytes = stored_record_bytes(u64::from(self.geometry.max_payload_bytes));
+        (512 << 20).max(4 * largest_record_bytes)
+    }
+
     pub(crate) fn expectation(&self, at: Position, min_generation: u32) -> Expectation {
         Expectation {
             ring_id: self.geometry.ring_id,
@@ -240,6 +247,11 @@ impl Shared {
     /// Writes a checkpoint, optionally moving one cursor, and only then lets the writer reclaim
     /// the space the cursor moved past.
     pub(crate) fn checkpoint(&self, cursor_update: Option<(usize, Position)>) -> Result<()> {
+        self.checkpoint_with(cursor_update, false)
+    }
+
+    /// Writes a checkpoint; `clean_close` marks that the writer appends nothing after it.
+    fn checkpoint_with(&self, cursor_update: Option<(usize, Position)>, clean_close: bool) -> Result<()> {
         if self.mode == OpenMode::ReadOnly {
             return Err(Error::InvalidConfig {
                 field: "mode",
@@ -257,7 +269,12 @@ impl Shared {
                 cursors[index].persisted = position;
             }
             let tail = compute_tail(&cursors, state.durable).max(state.tail);
-            self.encode_checkpoint(next_sequence, state.durable, tail, &cursors)
+            let mut slot = self.encode_checkpoint(next_sequence, state.durable, tail, &cursors);
+            if clean_close {
+                slot.flags = CHECKPOINT_FLAG_CLEAN_CLOSE.into();
+                slot.seal();
+            }
+            slot
         };
         self.write_slot(&mut meta, &slot)?;
         // The older slot is what recovery falls back to if the newest is lost: reuse space only
@@ -337,6 +354,40 @@ impl Shared {
     }
 }
 
+/// Zeroes what a crashed writer may have left beyond the recovered head: its unsynced writes
+/// (at most `unsynced_limit_bytes`, plus padding) that recovery did not keep. Afterwards nothing
+/// past the head can be taken for a record of the current lap, so a reader that must search past
+/// a damaged header can never land on a stale one. Only reclaimable space (behind the tail, one
+/// lap back) is touched.
+fn wipe_beyond_head(shared: &Shared, head: Position, tail: Position) -> Result<()> {
+    const CHUNK_BYTES: u64 = 1 << 20;
+    let capacity = shared.geometry.capacity_bytes;
+    let largest_record_bytes = stored_record_bytes(u64::from(shared.geometry.max_payload_bytes));
+    let end =
+        (head.offset + shared.unsynced_limit_bytes() + 2 * largest_record_bytes).min(tail.offset + capacity);
+    let zeros = AlignedBuf::zeroed(usize::try_from(CHUNK_BYTES).expect("1 MiB"));
+    let started = Instant::now();
+    let mut at = head.offset;
+    while at < end {
+        let physical = shared.physical(at);
+        let length = CHUNK_BYTES.min(capacity - physical).min(end - at);
+        let length_usize = usize::try_from(length).expect("chunk fits");
+        shared
+            .files
+            .data
+            .write_all_at(physical, &[&zeros.as_slice()[..length_usize]])
+            .map_err(|e| io_error(shared.files.data.location(), "zero the space beyond the head", e))?;
+        at += length;
+    }
+    tracing::info!(
+        ring = %shared.display_location(),
+        wiped_bytes = end.saturating_sub(head.offset),
+        elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        "zeroed what an unclean stop may have left beyond the head"
+    );
+    Ok(())
+}
+
 /// Most quarantined regions one recovery remembers in memory (read-only opens rely on it).
 const MAX_KNOWN_HOLES: usize = 64;
 
@@ -387,6 +438,7 @@ pub struct Ring {
     shared: Arc<Shared>,
     written: Position,
     unsynced_records: u64,
+    unsynced_bytes: u64,
     bytes_since_checkpoint: u64,
     header_block: AlignedBuf,
     batch_headers: AlignedBuf,
@@ -520,6 +572,7 @@ impl Ring {
             shared,
             written,
             unsynced_records: 0,
+            unsynced_bytes: 0,
             bytes_since_checkpoint: 0,
             header_block: AlignedBuf::zeroed(BLOCK_BYTES_USIZE),
             batch_headers: AlignedBuf::zeroed(2 * MAX_BATCH_RECORDS * BLOCK_BYTES_USIZE),
@@ -558,6 +611,9 @@ impl Ring {
         let capacity = self.shared.geometry.capacity_bytes;
         let remaining_in_lap = capacity - self.shared.physical(start.offset);
         let padding_bytes = if record_bytes > remaining_in_lap { remaining_in_lap } else { 0 };
+        if self.unsynced_bytes + padding_bytes + record_bytes > self.shared.unsynced_limit_bytes() {
+            self.commit()?;
+        }
         self.reserve(padding_bytes + record_bytes)?;
 
         let now_ns = self.shared.options.clock.now_ns();
@@ -571,6 +627,7 @@ impl Ring {
         self.write_record(kind, flags, at, payload, padded, now_ns)?;
         self.written = Position { offset: at.offset + record_bytes, sequence: at.sequence + 1 };
         self.unsynced_records += 1;
+        self.unsynced_bytes += padding_bytes + record_bytes;
         self.bytes_since_checkpoint += padding_bytes + record_bytes;
         self.shared.counters.appends_total.fetch_add(1, Ordering::Relaxed);
         self.shared.counters.appended_bytes_total.fetch_add(record_bytes, Ordering::Relaxed);
@@ -640,7 +697,19 @@ impl Ring {
             writes.push(PlannedWrite { at, record: Some(index) }).expect("at most 2 writes per record");
             at = Position { offset: at.offset + record_bytes, sequence: at.sequence + 1 };
         }
-        self.reserve(at.offset - self.written.offset)?;
+        let batch_bytes = at.offset - self.written.offset;
+        let unsynced_limit = self.shared.unsynced_limit_bytes();
+        if batch_bytes > unsynced_limit {
+            return Err(Error::InvalidConfig {
+                field: "batch bytes",
+                value: batch_bytes.to_string(),
+                reason: format!("a batch may hold at most {unsynced_limit} bytes; split it"),
+            });
+        }
+        if self.unsynced_bytes + batch_bytes > unsynced_limit {
+            self.commit()?;
+        }
+        self.reserve(batch_bytes)?;
 
         for (write, block) in
             writes.iter().zip(self.batch_headers.as_mut_slice().chunks_mut(BLOCK_BYTES_USIZE))
@@ -711,6 +780,7 @@ impl Ring {
         let appended_bytes = at.offset - self.written.offset;
         self.written = at;
         self.unsynced_records += records.len() as u64;
+        self.unsynced_bytes += appended_bytes;
         self.bytes_since_checkpoint += appended_bytes;
         self.shared.counters.appends_total.fetch_add(records.len() as u64, Ordering::Relaxed);
         self.shared.counters.appended_bytes_total.fetch_add(appended_bytes, Ordering::Relaxed);
@@ -747,6 +817,22 @@ impl Ring {
                 other => return other,
             }
         }
+    }
+
+    /// Readers follow the writer's durable head; a read-only view of a possibly live ring cannot
+    /// know what is durable, so it offers inspection (`stats`, `verify`) only.
+    fn check_readable(&self, cursor: &str) -> Result<()> {
+        if self.shared.mode == OpenMode::ReadOnly {
+            return Err(Error::Cursor {
+                name: cursor.into(),
+                reason: format!(
+                    "{} is open read-only for inspection; readers need the writer, which alone knows what \
+                     is durable",
+                    self.shared.display_location()
+                ),
+            });
+        }
+        Ok(())
     }
 
     fn check_writable(&self) -> Result<()> {
@@ -864,6 +950,7 @@ impl Ring {
                 )));
             }
             self.unsynced_records = 0;
+            self.unsynced_bytes = 0;
             self.shared.counters.syncs_total.fetch_add(1, Ordering::Relaxed);
             self.shared.state().durable = self.written;
             self.shared.durable_changed.notify_all();
@@ -893,7 +980,7 @@ impl Ring {
     /// Commits and writes a checkpoint, so the next open has nothing to scan.
     pub fn close(mut self) -> Result<()> {
         self.commit()?;
-        self.shared.checkpoint(None)
+        self.shared.checkpoint_with(None, true)
     }
 
     fn check_thresholds(&mut self) {
@@ -922,12 +1009,14 @@ impl Ring {
 
     /// Opens a reader for the named cursor, starting at its persisted position.
     pub fn reader(&self, cursor: &str) -> Result<crate::reader::Reader> {
+        self.check_readable(cursor)?;
         crate::reader::Reader::open(Arc::clone(&self.shared), cursor, None)
     }
 
     /// Opens a reader for `cursor`, starting at another cursor's persisted position
     /// (e.g. replay what `drain` has not yet confirmed, as `prompt`).
     pub fn reader_from(&self, cursor: &str, start_at_cursor: &str) -> Result<crate::reader::Reader> {
+        self.check_readable(cursor)?;
         crate::reader::Reader::open(Arc::clone(&self.shared), cursor, Some(start_at_cursor))
     }
 
@@ -1190,7 +1279,7 @@ fn read_meta_block(meta: &dyn Storage, slot_index: u64, block: &mut AlignedBuf) 
 }
 
 /// Reads both checkpoint slots and returns the newest valid one.
-fn newest_checkpoint(meta: &dyn Storage) -> Result<CheckpointSlot> {
+pub(crate) fn newest_checkpoint(meta: &dyn Storage) -> Result<CheckpointSlot> {
     if meta.len_bytes() < META_FILE_BYTES {
         return Err(Error::WrongSize {
             path: meta.location().to_path_buf(),
@@ -1297,6 +1386,10 @@ fn recover(
 
     let recovered_head = scan_after_checkpoint(&shared, head, tail, checkpoint_generation)?;
     shared.state().durable = recovered_head;
+    let clean_close = checkpoint.flags.get() & CHECKPOINT_FLAG_CLEAN_CLOSE != 0;
+    if mode == OpenMode::ReadWrite && !clean_close {
+        wipe_beyond_head(&shared, recovered_head, tail)?;
+    }
     if mode == OpenMode::ReadWrite {
         // What the scan found may sit only in the page cache (the process died, the machine did
         // not): make it durable before anyone is told it exists.

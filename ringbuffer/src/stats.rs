@@ -409,6 +409,9 @@ pub struct VerifyReport {
     pub bad_region_count: u64,
     /// Records lost inside bad regions.
     pub bad_records: u64,
+    /// Read-only view of a live ring: records the writer reclaimed (drained, then reused) while
+    /// the scan ran. Not corruption.
+    pub reclaimed_during_scan_records: u64,
 }
 
 impl VerifyReport {
@@ -430,6 +433,17 @@ impl VerifyReport {
     pub fn is_clean(&self) -> bool {
         self.bad_region_count == 0
     }
+}
+
+/// For a read-only view, the live tail from the newest checkpoint, if it has moved past `at`.
+fn reclaimed_since_open(shared: &Shared, at: Position) -> Result<Option<Position>> {
+    if shared.mode != crate::ring::OpenMode::ReadOnly {
+        return Ok(None);
+    }
+    let checkpoint = crate::ring::newest_checkpoint(&*shared.files.meta)?;
+    let live_tail =
+        Position { offset: checkpoint.tail_offset.get(), sequence: checkpoint.tail_sequence.get() };
+    Ok((live_tail.offset > at.offset).then_some(live_tail))
 }
 
 /// Scans every record from the tail to the durable head, validating each.
@@ -457,6 +471,13 @@ pub(crate) fn verify(shared: &Shared) -> Result<VerifyReport> {
                 at = next;
             }
             ScanStep::Resynced { defect, resume } => {
+                // A read-only view of a live ring: the writer may have reclaimed and reused this
+                // space since the scan began. Then it is not corruption.
+                if let Some(live_tail) = reclaimed_since_open(shared, at)? {
+                    report.reclaimed_during_scan_records += live_tail.sequence - at.sequence;
+                    at = live_tail;
+                    continue;
+                }
                 report.record_bad_region(capacity, at, resume, defect);
                 at = resume;
             }

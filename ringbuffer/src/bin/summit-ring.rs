@@ -127,6 +127,13 @@ fn run(command: Command) -> Result<ExitCode, ringbuffer::Error> {
             for event in ring.recent_events() {
                 println!("found while opening: {event}");
             }
+            if report.reclaimed_during_scan_records > 0 {
+                println!(
+                    "{} record(s) were drained and their space reused by the running writer during the scan \
+                     (not corruption)",
+                    report.reclaimed_during_scan_records
+                );
+            }
             if report.is_clean() {
                 println!("verify: clean");
                 return Ok(ExitCode::SUCCESS);
