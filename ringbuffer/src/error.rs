@@ -18,6 +18,19 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// An I/O call at a known offset of a file failed.
+    #[error("{path}: {operation} at byte offset {offset} failed: {source}")]
+    IoAt {
+        /// The file.
+        path: PathBuf,
+        /// What was being done.
+        operation: &'static str,
+        /// Byte offset in the file.
+        offset: u64,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
     /// The directory or files do not hold a ring this code can read.
     #[error("{path}: not a usable ring: {detail}")]
     NotARing {

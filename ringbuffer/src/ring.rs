@@ -217,10 +217,12 @@ impl Shared {
     pub(crate) fn read_data(&self, logical_offset: u64, buffer: &mut [u8]) -> Result<()> {
         let physical = self.physical(logical_offset);
         debug_assert!(physical + buffer.len() as u64 <= self.geometry.capacity_bytes);
-        self.files
-            .data
-            .read_exact_at(physical, buffer)
-            .map_err(|source| io_error(self.files.data.location(), "read", source))
+        self.files.data.read_exact_at(physical, buffer).map_err(|source| Error::IoAt {
+            path: self.files.data.location().to_path_buf(),
+            operation: "read",
+            offset: physical,
+            source,
+        })
     }
 
     fn poison(&self, cause: String) -> Error {
@@ -1346,7 +1348,10 @@ fn recover(
     if u64::from(geometry.max_payload_bytes) > geometry.capacity_bytes / 8 {
         return Err(Error::NotARing {
             path: files.meta.location().to_path_buf(),
-            detail: "checkpoint's max payload exceeds an eighth of the capacity".into(),
+            detail: format!(
+                "checkpoint's max payload ({} bytes) exceeds an eighth of the capacity ({} bytes)",
+                geometry.max_payload_bytes, geometry.capacity_bytes
+            ),
         });
     }
     let head = Position { offset: checkpoint.head_offset.get(), sequence: checkpoint.head_sequence.get() };
@@ -1420,7 +1425,10 @@ fn cursor_from_entry(
     if persisted.offset > head.offset {
         return Err(Error::NotARing {
             path: meta.location().to_path_buf(),
-            detail: format!("cursor `{name_text}` is past the checkpoint's head"),
+            detail: format!(
+                "cursor `{name_text}` (offset {}, sequence {}) is past the checkpoint's head (offset {}, sequence {})",
+                persisted.offset, persisted.sequence, head.offset, head.sequence
+            ),
         });
     }
     if persisted.offset < tail.offset {

@@ -354,17 +354,27 @@ impl RingStats {
 fn oldest_record_at(shared: &Shared, at: Position, durable: Position) -> Option<OldestRecord> {
     let mut block = crate::aligned::AlignedBuf::zeroed(crate::layout::BLOCK_BYTES_USIZE);
     let mut position = at;
-    for _ in 0..2 {
+    // A few steps: padding at a lap end, hole records left by recovery.
+    for _ in 0..8 {
         if position.offset >= durable.offset {
             return None;
         }
         shared.read_data(position.offset, block.as_mut_slice()).ok()?;
         let header = crate::layout::RecordHeader::from_block(block.as_slice());
         header.validate(block.as_slice(), &shared.expectation(position, 0)).ok()?;
-        if header.record_kind() == Some(RecordKind::Padding) {
-            position =
-                Position { offset: shared.next_lap_start(position.offset), sequence: position.sequence };
-            continue;
+        match header.record_kind() {
+            Some(RecordKind::Padding) => {
+                position =
+                    Position { offset: shared.next_lap_start(position.offset), sequence: position.sequence };
+                continue;
+            }
+            Some(RecordKind::Hole) => {
+                let extent = crate::layout::HoleExtent::from_block(block.as_slice())?;
+                position =
+                    Position { offset: extent.resume_offset.get(), sequence: extent.resume_sequence.get() };
+                continue;
+            }
+            _ => {}
         }
         let now_ns = shared.options.clock.now_ns();
         let timestamp_ns = header.timestamp_ns.get();

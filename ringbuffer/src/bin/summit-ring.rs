@@ -188,7 +188,7 @@ fn print_stats(stats: &RingStats) {
         (Some(rate), Some(seconds)) => {
             println!("append rate   {}/s, full in {:.0} s at this rate", human_bytes(rate as u64), seconds)
         }
-        _ => println!("append rate   unknown (no recent appends in this process)"),
+        _ => println!("append rate   not known here (measured by the writing process, shown on its console)"),
     }
     println!("cursors");
     for cursor in &stats.cursors {
@@ -205,10 +205,13 @@ fn print_stats(stats: &RingStats) {
         Some(oldest) => {
             println!("oldest undrained record: sequence {}, {:.1} s old", oldest.sequence, oldest.age_seconds)
         }
+        None if stats.cursors.iter().any(|c| c.name == "drain" && c.lag_records > 0) => {
+            println!("oldest undrained record: unreadable at the drain position (run `summit-ring verify`)")
+        }
         None => println!("oldest undrained record: none (drain is caught up)"),
     }
     println!(
-        "corruption    {} quarantined records (lifetime), {} torn tails truncated at this open",
+        "corruption    {} quarantined records (lifetime detections), {} torn tail(s) found at this open",
         stats.quarantined_records_total, stats.torn_tail_truncations_total
     );
     if let Some(cause) = &stats.poisoned {
