@@ -348,7 +348,7 @@ impl Reader {
         if self.position.offset >= tail.offset {
             return false;
         }
-        let skipped_records = tail.sequence - self.position.sequence;
+        let skipped_records = tail.sequence.saturating_sub(self.position.sequence);
         self.shared.counters.overrun_records_total.fetch_add(skipped_records, Ordering::Relaxed);
         self.shared.record_event(RingEventKind::CursorOverrun {
             cursor: short_name(&self.name),
@@ -416,6 +416,16 @@ impl Reader {
     /// or hole) with that very sequence number; anything else would strand the cursor.
     fn check_record_boundary(&mut self, position: Position) -> Result<()> {
         let shared = Arc::clone(&self.shared);
+        if !position.offset.is_multiple_of(BLOCK_BYTES) {
+            return Err(Error::Cursor {
+                name: self.name.clone(),
+                reason: format!(
+                    "cannot commit at offset {}: records start on 4096-byte boundaries; commit a \
+                     RecordInfo::end returned by this reader",
+                    position.offset
+                ),
+            });
+        }
         let mut block = AlignedBuf::zeroed(BLOCK_BYTES_USIZE);
         shared.read_data(position.offset, block.as_mut_slice())?;
         let header = RecordHeader::from_block(block.as_slice());

@@ -1282,6 +1282,12 @@ fn read_meta_block(meta: &dyn Storage, slot_index: u64, block: &mut AlignedBuf) 
 
 /// Reads both checkpoint slots and returns the newest valid one.
 pub(crate) fn newest_checkpoint(meta: &dyn Storage) -> Result<CheckpointSlot> {
+    read_checkpoints(meta).map(|(newest, _)| newest)
+}
+
+/// The newest valid checkpoint, and whether the other slot holds its immediate predecessor:
+/// only then is it certain that no newer checkpoint was lost.
+fn read_checkpoints(meta: &dyn Storage) -> Result<(CheckpointSlot, bool)> {
     if meta.len_bytes() < META_FILE_BYTES {
         return Err(Error::WrongSize {
             path: meta.location().to_path_buf(),
@@ -1291,12 +1297,14 @@ pub(crate) fn newest_checkpoint(meta: &dyn Storage) -> Result<CheckpointSlot> {
     }
     let mut block = AlignedBuf::zeroed(BLOCK_BYTES_USIZE);
     let mut best: Option<CheckpointSlot> = None;
+    let mut valid_sequences: heapless::Vec<u64, CHECKPOINT_SLOTS> = heapless::Vec::new();
     let mut defects: Vec<String> = Vec::new();
     let mut newer_version = None;
     for slot_index in 0..CHECKPOINT_SLOTS as u64 {
         read_meta_block(meta, slot_index, &mut block)?;
         match CheckpointSlot::decode(block.as_slice()) {
             Ok(slot) => {
+                let _ = valid_sequences.push(slot.checkpoint_sequence.get());
                 if best.is_none_or(|b| slot.checkpoint_sequence.get() > b.checkpoint_sequence.get()) {
                     best = Some(slot);
                 }
@@ -1315,10 +1323,13 @@ pub(crate) fn newest_checkpoint(meta: &dyn Storage) -> Result<CheckpointSlot> {
             supported: FORMAT_VERSION,
         });
     }
-    best.ok_or_else(|| Error::NotARing {
+    let newest = best.ok_or_else(|| Error::NotARing {
         path: meta.location().to_path_buf(),
         detail: format!("no valid checkpoint ({})", defects.join("; ")),
-    })
+    })?;
+    let newest_sequence = newest.checkpoint_sequence.get();
+    let predecessor_intact = valid_sequences.iter().any(|&s| s + 1 == newest_sequence);
+    Ok((newest, predecessor_intact))
 }
 
 /// Opening: newest valid checkpoint, then a forward scan of what was written since.
@@ -1329,12 +1340,24 @@ fn recover(
     directory: Option<&Path>,
     lock_file: Option<File>,
 ) -> Result<Shared> {
-    let checkpoint = newest_checkpoint(&*files.meta)?;
+    let (checkpoint, predecessor_intact) = read_checkpoints(&*files.meta)?;
     check_size(&*files.meta, META_FILE_BYTES)?;
     check_size(&*files.data, checkpoint.capacity_bytes.get())?;
     let checkpoint_generation = checkpoint.generation.get();
+    if !predecessor_intact {
+        tracing::warn!(
+            meta = %files.meta.location().display(),
+            checkpoint_sequence = checkpoint.checkpoint_sequence.get(),
+            "the other checkpoint slot does not hold this checkpoint's predecessor: a newer checkpoint \
+             may have been lost; recovering conservatively"
+        );
+    }
+    // A lost newer checkpoint may have been written by generation + 1, whose leftovers may lie
+    // beyond the head: skip that generation so the new writer's records can never be confused
+    // with them.
     let generation = match mode {
-        OpenMode::ReadWrite => checkpoint_generation + 1,
+        OpenMode::ReadWrite if predecessor_intact => checkpoint_generation + 1,
+        OpenMode::ReadWrite => checkpoint_generation + 2,
         OpenMode::ReadOnly => checkpoint_generation,
     };
     let geometry = Geometry {
@@ -1391,10 +1414,8 @@ fn recover(
 
     let recovered_head = scan_after_checkpoint(&shared, head, tail, checkpoint_generation)?;
     shared.state().durable = recovered_head;
-    let clean_close = checkpoint.flags.get() & CHECKPOINT_FLAG_CLEAN_CLOSE != 0;
-    if mode == OpenMode::ReadWrite && !clean_close {
-        wipe_beyond_head(&shared, recovered_head, tail)?;
-    }
+    // A clean close is trusted only if no newer checkpoint can have been lost.
+    let clean_close = checkpoint.flags.get() & CHECKPOINT_FLAG_CLEAN_CLOSE != 0 && predecessor_intact;
     if mode == OpenMode::ReadWrite {
         // What the scan found may sit only in the page cache (the process died, the machine did
         // not): make it durable before anyone is told it exists.
@@ -1403,7 +1424,17 @@ fn recover(
             .data
             .sync_data()
             .map_err(|e| io_error(shared.files.data.location(), "fdatasync after recovery", e))?;
+        // The checkpoint first: afterwards both slots name this tail, so the wipe below touches
+        // only space that no slot recovery could fall back to still retains.
         shared.checkpoint(None)?;
+        if !clean_close {
+            wipe_beyond_head(&shared, recovered_head, shared.state().tail)?;
+            shared
+                .files
+                .data
+                .sync_data()
+                .map_err(|e| io_error(shared.files.data.location(), "fdatasync after the wipe", e))?;
+        }
     }
     Ok(shared)
 }
