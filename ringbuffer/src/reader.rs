@@ -104,7 +104,9 @@ impl Scanner {
             if next.offset < limit && self.header_is_valid_at(shared, next, min_generation)? {
                 return Ok(ScanStep::Resynced { defect, resume: next });
             }
-            return Ok(ScanStep::End { defect });
+            // The next record may be damaged too: search the whole window, as for a bad header,
+            // before calling this the end of the log.
+            return self.resync(shared, at, defect, min_generation, limit, None);
         }
         Ok(ScanStep::Valid { header, next })
     }

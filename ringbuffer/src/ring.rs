@@ -1352,12 +1352,12 @@ fn recover(
              may have been lost; recovering conservatively"
         );
     }
-    // A lost newer checkpoint may have been written by generation + 1, whose leftovers may lie
-    // beyond the head: skip that generation so the new writer's records can never be confused
-    // with them.
+    // A lost newer checkpoint was written by a writer that derived its generation from this one:
+    // the same session (g), a normal open (g + 1) or a fallback open (g + 2). Its leftovers may
+    // lie beyond the head, so take a generation none of them can have.
     let generation = match mode {
         OpenMode::ReadWrite if predecessor_intact => checkpoint_generation + 1,
-        OpenMode::ReadWrite => checkpoint_generation + 2,
+        OpenMode::ReadWrite => checkpoint_generation + 3,
         OpenMode::ReadOnly => checkpoint_generation,
     };
     let geometry = Geometry {
