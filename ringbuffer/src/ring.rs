@@ -854,6 +854,14 @@ impl Ring {
     }
 
     fn reserve(&mut self, needed_bytes: u64) -> Result<()> {
+        if needed_bytes <= self.free_bytes() {
+            return Ok(());
+        }
+        // Readers can only drain what is durable: space held by this writer's own unsynced
+        // records would never be freed by waiting. Make them durable so the drain can move on.
+        if self.unsynced_records > 0 {
+            self.commit()?;
+        }
         let free_bytes = self.free_bytes();
         if needed_bytes <= free_bytes {
             return Ok(());
@@ -871,6 +879,8 @@ impl Ring {
     }
 
     /// Waits until at least `needed_bytes` are free or `timeout` passes; `true` if they are.
+    /// Space frees only when a required cursor commits past durable records; an append that
+    /// meets a full ring commits the writer's own unsynced records first, so they never hold it.
     pub fn wait_for_space(&self, needed_bytes: u64, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let capacity = self.shared.geometry.capacity_bytes;

@@ -54,7 +54,8 @@
 //!    from a torn tail and may be cut off (`TornTailTruncated` or silently), nothing after them.
 //!    `open` never fails because of damage or a lost slot.
 //! 3. An append (or a whole batch) fails with `WouldBlock`/`Rejected`, with the exact needed and
-//!    free byte counts, if and only if it does not fit in front of the persisted drain cursor.
+//!    free byte counts, if and only if it does not fit in front of the persisted drain cursor;
+//!    before failing, the writer makes its own unsynced records durable (they are acknowledged).
 //!    Readers are gap-free: each returns the smallest live durable record at or after
 //!    `max(last returned + 1, its starting position, the tail)`. For `drain` the tail is its own
 //!    persisted position, so it sees every record exactly once, except that after a reopen it
@@ -675,10 +676,14 @@ impl Harness {
             Err(Error::WouldBlock { needed_bytes, free_bytes }) if self.setup.policy == FullPolicy::Block => {
                 assert!(needed > free, "step {step}: WouldBlock for {needed} bytes with {free} free");
                 assert_eq!((needed_bytes, free_bytes), (needed, free), "step {step}: needed and free");
+                // A full ring first makes the writer's own unsynced records durable (the drain can
+                // only free durable space).
+                self.model.acked = self.model.next_sequence - 1;
             }
             Err(Error::Rejected { needed_bytes, free_bytes }) if self.setup.policy == FullPolicy::Reject => {
                 assert!(needed > free, "step {step}: Rejected for {needed} bytes with {free} free");
                 assert_eq!((needed_bytes, free_bytes), (needed, free), "step {step}: needed and free");
+                self.model.acked = self.model.next_sequence - 1;
             }
             Err(other) => panic!("step {step}: append failed unexpectedly: {other}"),
         }
