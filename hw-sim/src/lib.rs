@@ -1,9 +1,18 @@
 //! `hw-sim`: simulated LSSTCam, LATISS, header service and link faults.
 //!
-//! **Not built yet (issue 3).** This crate will hold the DAQ frame protocol shared by sender and
-//! receiver, the camera geometry (one source of truth for every crate), a seeded, fast pixel
-//! generator that looks like sky, an observing-night driver, a header-service simulator, frame
-//! transports, malformed-frame injection and a link fault proxy.
+//! **Partly built (issue 3).** Built so far:
+//! - [`geometry`]: camera geometry, the single source of truth for every crate: LSSTCam's 189
+//!   science CCDs, 8 guiders and 8 wavefront half-sensors, LATISS, ITL and e2v segment layouts,
+//!   extension order, DATASEC/DETSEC/DETSIZE, raft subsets. Assumptions not in `domain.md` are
+//!   marked in its docs (DETSEC flips in particular must be checked before the FITS writer).
+//! - [`frame`]: the DAQ frame protocol, the ingest's input contract (one definition for sender
+//!   and receiver; byte diagram in `docs/daq-frame-protocol.md`).
 //!
-//! Today it contains no code: nothing here pretends to simulate anything.
+//! Not built yet: the seeded sky-like pixel generator,
+//! the observing-night driver, the header-service simulator, transports, malformed-frame
+//! injection, the link fault proxy, the simulated clock and the CLIs. Nothing here pretends to
+//! simulate them.
 #![forbid(unsafe_code)]
+
+pub mod frame;
+pub mod geometry;
