@@ -11,11 +11,19 @@
 //!   bit-for-bit from `(seed, exposure, detector, segment)`, row range by row range, from a
 //!   per-segment template plus table-driven noise (what it simplifies is listed in its docs).
 //!
-//! Not built yet: the observing-night driver, the header-service simulator, transports, malformed-frame
-//! injection, the link fault proxy, the simulated clock and the CLIs. Nothing here pretends to
-//! simulate them.
+//! - [`header_service`]: the header-service event model: per-exposure metadata (OBSID, DAYOBS in
+//!   UTC-12, SEQNUM, DATE-BEG/END in TAI, MJD, EXPTIME, DARKTIME, FILTER, pointing, weather) as
+//!   `StartIntegration` then `EndReadout` events, pure and deterministic.
+//! - [`faults`]: malformed-frame injection for testing the ingest (bad magic, header or payload
+//!   CRC, truncated, wrong length, duplicated, out of order, missing segment, disconnect), each
+//!   counted.
+//!
+//! Not built yet: the observing-night driver, transports (and so the header-service channel),
+//! the link fault proxy, the simulated clock and the CLIs. Nothing here pretends to simulate them.
 #![forbid(unsafe_code)]
 
+pub mod faults;
 pub mod frame;
 pub mod geometry;
+pub mod header_service;
 pub mod pixels;
