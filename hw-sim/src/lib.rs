@@ -18,12 +18,19 @@
 //!   CRC, truncated, wrong length, duplicated, out of order, missing segment, disconnect), each
 //!   counted.
 //!
-//! Not built yet: the observing-night driver, transports (and so the header-service channel),
-//! the link fault proxy, the simulated clock and the CLIs. Nothing here pretends to simulate them.
+//! - [`transport`]: frames from DAQ to ingest over Unix stream sockets, TCP or a replay file; the
+//!   receiver listens, the sender connects and blocks under back-pressure (never drops).
+//! - [`link_proxy`]: a TCP fault proxy between summit and base (cut by reset or black hole,
+//!   restore, bandwidth limit, latency, flapping schedule), controllable from tests.
+//!
+//! Not built yet: the observing-night driver, the header-service channel, the simulated clock,
+//! the netns/veth link-cut helper and the CLIs. Nothing here pretends to simulate them.
 #![forbid(unsafe_code)]
 
 pub mod faults;
 pub mod frame;
 pub mod geometry;
 pub mod header_service;
+pub mod link_proxy;
 pub mod pixels;
+pub mod transport;
