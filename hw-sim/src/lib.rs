@@ -23,8 +23,12 @@
 //! - [`link_proxy`]: a TCP fault proxy between summit and base (cut by reset or black hole,
 //!   restore, bandwidth limit, latency, flapping schedule), controllable from tests.
 //!
-//! Not built yet: the observing-night driver, the header-service channel, the simulated clock,
-//! the netns/veth link-cut helper and the CLIs. Nothing here pretends to simulate them.
+//! - [`night`]: the observing-night schedule: a lazy, time-ordered stream of header events and
+//!   paced frame events for LSSTCam and LATISS together, plus time compression for a driver.
+//!
+//! Not built yet: the real-time driver that plays a schedule over the transports, the
+//! header-service channel, the simulated clock, the netns/veth link-cut helper and the CLIs.
+//! Nothing here pretends to simulate them.
 #![forbid(unsafe_code)]
 
 pub mod faults;
@@ -32,5 +36,6 @@ pub mod frame;
 pub mod geometry;
 pub mod header_service;
 pub mod link_proxy;
+pub mod night;
 pub mod pixels;
 pub mod transport;
