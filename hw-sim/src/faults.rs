@@ -36,6 +36,7 @@
 //!   drops that segment from that frame on.
 //! - Input that does not parse as a frame header is passed through unchanged and never faulted.
 
+use crate::random::SplitMix64;
 use std::collections::{BTreeMap, HashSet};
 
 use crate::frame::{
@@ -264,7 +265,7 @@ type SegmentKey = (u64, u8, u8, u8);
 impl FaultInjector {
     /// An injector following `plan`.
     pub fn new(plan: FaultPlan) -> Self {
-        let rng = SplitMix64(plan.seed);
+        let rng = SplitMix64::new(plan.seed);
         Self {
             plan,
             rng,
@@ -288,7 +289,7 @@ impl FaultInjector {
     /// What to send for `frame`, the next well-formed encoded frame of the stream.
     pub fn apply(&mut self, frame: Vec<u8>) -> Emit {
         // One draw per input frame whatever happens, so later choices do not depend on earlier ones.
-        let draw = self.rng.next_f64();
+        let draw = self.rng.unit();
         let Ok(header) = FrameHeader::parse(&frame) else {
             return self.send(frame);
         };
@@ -408,30 +409,6 @@ impl FaultInjector {
         let at = range.start + self.rng.below((range.end - range.start) as u64) as usize;
         frame[at] ^= 1 + self.rng.below(255) as u8;
         frame
-    }
-}
-
-/// SplitMix64 (Steele, Lea, Flood 2014).
-#[derive(Clone, Debug)]
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..1`.
-    fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Uniform-enough in `0..n` (`n > 0`).
-    fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
     }
 }
 

@@ -27,6 +27,7 @@
 //!   sinusoids of time whose phases come from the seed, around plausible Cerro Pachon values;
 //!   it is sampled at the start of integration, and both events carry the same values.
 
+use crate::random::{mix, unit};
 use std::fmt;
 
 use crate::geometry::{Instrument, RaftId, SensorId};
@@ -448,19 +449,6 @@ impl Weather {
             windspd: (6.0 + 4.0 * offset(10) + 3.0 * wave(11, 6.0) + 1.5 * wave(12, 1.3)).max(0.0),
         }
     }
-}
-
-/// SplitMix64 finaliser.
-const fn mix(value: u64) -> u64 {
-    let mut z = value.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// A value in `[0, 1)` from the top 53 bits.
-fn unit(value: u64) -> f64 {
-    (value >> 11) as f64 / (1u64 << 53) as f64
 }
 
 #[cfg(test)]

@@ -38,4 +38,5 @@ pub mod header_service;
 pub mod link_proxy;
 pub mod night;
 pub mod pixels;
+mod random;
 pub mod transport;

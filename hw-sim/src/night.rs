@@ -28,6 +28,7 @@
 //! - Ties in time: LSSTCam's event first; within an exposure, frames in (step, detector, segment)
 //!   order, and `EndReadout` after the last frame.
 
+use crate::random::{mix, unit};
 use std::time::Duration;
 
 use crate::geometry::{Focalplane, Instrument, SEGMENT_ROWS};
@@ -473,19 +474,6 @@ fn check_count(field: &'static str, value: u32) -> Result<(), NightPlanError> {
         return Err(NightPlanError::TooManyExposures { field, value });
     }
     Ok(())
-}
-
-/// SplitMix64 finaliser.
-const fn mix(value: u64) -> u64 {
-    let mut z = value.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// A value in `[0, 1)` from the top 53 bits.
-fn unit(value: u64) -> f64 {
-    (value >> 11) as f64 / (1u64 << 53) as f64
 }
 
 #[cfg(test)]

@@ -40,6 +40,7 @@
 //! - No flat field, vignetting, sky gradient, cross-talk, deferred charge, or bias structure.
 //!   Cosmic rays are straight tracks with a constant deposit per pixel.
 
+use crate::random::{finalize, SplitMix64};
 use std::sync::OnceLock;
 
 use crate::frame::MAX_ADC_VALUE;
@@ -185,8 +186,9 @@ impl SegmentGenerator {
         assert!(params.star_density_per_arcmin2 <= 1000.0, "star density must be at most 1000/arcmin^2");
         assert!(segment_index < 16, "a detector has at most 16 segments");
 
-        let amplifier_key = mix(mix(params.seed ^ 0xA3F1) ^ hash_name(detector_name) ^ segment_index as u64);
-        let exposure_key = mix(amplifier_key ^ mix(exposure_id ^ 0x0E_C905));
+        let amplifier_key =
+            finalize(finalize(params.seed ^ 0xA3F1) ^ hash_name(detector_name) ^ segment_index as u64);
+        let exposure_key = finalize(amplifier_key ^ finalize(exposure_id ^ 0x0E_C905));
         let mut amplifier_rng = SplitMix64::new(amplifier_key);
         let bias_adu = 15_000 + amplifier_rng.below(15_001) as i32;
         let read_noise_adu = 5.0 + 4.0 * amplifier_rng.unit();
@@ -207,7 +209,7 @@ impl SegmentGenerator {
             sky_adu,
             read_noise_scale: fixed_point_sigma(read_noise_adu / std::f64::consts::SQRT_2),
             sky_noise_scale_by_column,
-            noise_key: mix(exposure_key ^ 0x4015E),
+            noise_key: finalize(exposure_key ^ 0x4015E),
             template: Vec::new(),
         };
         generator.build_template(&params, &mut amplifier_rng, &mut SplitMix64::new(exposure_key));
@@ -275,7 +277,7 @@ impl SegmentGenerator {
             } else {
                 &no_sky_noise
             };
-            let offsets = SplitMix64::new(mix(self.noise_key ^ row as u64)).next_u64();
+            let offsets = SplitMix64::new(finalize(self.noise_key ^ row as u64)).next_u64();
             let window = |shift: u32| -> &[i16; COLUMNS] {
                 let start = (offsets >> shift) as usize & (NOISE_TABLE_STARTS - 1);
                 table[start..][..COLUMNS].try_into().expect("table has a COLUMNS tail")
@@ -526,46 +528,6 @@ impl PsfStamp {
         let side = 2 * self.radius + 1;
         self.weights[((dy + self.radius) * side + dx + self.radius) as usize]
     }
-}
-
-/// SplitMix64 (Steele, Lea, Flood 2014): small, fast, and good enough for a simulator.
-struct SplitMix64 {
-    state: u64,
-}
-
-impl SplitMix64 {
-    fn new(seed: u64) -> SplitMix64 {
-        SplitMix64 { state: seed }
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        mix(self.state)
-    }
-
-    /// Uniform in `[0, 1)`.
-    fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
-
-    /// Uniform in `(0, 1]`.
-    fn unit_open(&mut self) -> f64 {
-        1.0 - self.unit()
-    }
-
-    /// Uniform in `0..bound` (`bound > 0`; the modulo bias is irrelevant here).
-    fn below(&mut self, bound: u64) -> u64 {
-        assert!(bound > 0, "empty range");
-        self.next_u64() % bound
-    }
-}
-
-/// The SplitMix64 finaliser: a bijective 64-bit mix.
-fn mix(value: u64) -> u64 {
-    let mut z = value;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 /// FNV-1a of a detector name: stable across runs and platforms (unlike `std`'s hasher).
