@@ -26,11 +26,22 @@
 //! - [`night`]: the observing-night schedule: a lazy, time-ordered stream of header events and
 //!   paced frame events for LSSTCam and LATISS together, plus time compression for a driver.
 //!
-//! Not built yet: the real-time driver that plays a schedule over the transports, the
-//! header-service channel, the simulated clock, the netns/veth link-cut helper and the CLIs.
-//! Nothing here pretends to simulate them.
+//! - [`driver`]: plays a night schedule in (compressed) real time: generates each frame's pixels,
+//!   encodes, optionally injects faults, and sends through a transport.
+//! - [`clock`]: simulated time (manual and accelerated) behind the workspace's one time trait,
+//!   `ringbuffer::Clock`.
+//!
+//! Command-line tools: `hw-sim-camera` (play a night to a Unix socket, TCP or a replay file) and
+//! `hw-sim-link-proxy` (the fault proxy with stdin control); `hil/netns-link-cut.sh` cuts a real
+//! veth link between two network namespaces.
+//!
+//! Not built yet: the header-service channel (events are generated and counted, not sent),
+//! injected transients, and CLIs for the header service and LATISS alone. Nothing here pretends
+//! to do them.
 #![forbid(unsafe_code)]
 
+pub mod clock;
+pub mod driver;
 pub mod faults;
 pub mod frame;
 pub mod geometry;

@@ -431,6 +431,15 @@ impl<'a> NightSchedule<'a> {
         })
     }
 
+    /// The focal plane of `instrument` that this schedule's [`Event::Frame::detector`] indices
+    /// refer to.
+    pub fn focalplane(&self, instrument: Instrument) -> &'a Focalplane {
+        match instrument {
+            Instrument::LsstCam => self.lsstcam.focalplane,
+            Instrument::Latiss => self.latiss.focalplane,
+        }
+    }
+
     /// Header events generated but not yet yielded, both cameras: never more than 4, whatever the
     /// night's length (the schedule holds one exposure per camera).
     pub fn buffered_header_event_count(&self) -> usize {

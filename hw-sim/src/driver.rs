@@ -1,0 +1,495 @@
+//! The camera driver (issue 3): plays a [`NightSchedule`] over a [`FrameSink`] as the DAQ would.
+//!
+//! For each [`Event::Frame`] it generates the rows with the seeded [`SegmentGenerator`], encodes
+//! one DAQ frame ([`encode_frame`]: wire codes from the geometry, `frame_sequence` counting from 1
+//! on the stream, end-of-segment and end-of-exposure flags, `readout_ns` = the event's simulated
+//! time), optionally passes it through a [`FaultInjector`], and sends it. With a
+//! [`TimeCompression`] it sleeps until each event's compressed wall time; without one it sends as
+//! fast as the sink accepts (the sink blocks under back-pressure, so nothing is dropped).
+//!
+//! **Header events are only counted.** The header-service channel (the metadata on the wire) does
+//! not exist yet (`docs/daq-frame-protocol.md`, "Not specified yet"), so `StartIntegration` and
+//! `EndReadout` are counted in the [`PlayReport`] and reported to the progress callback of
+//! [`play_with_progress`], then dropped.
+//!
+//! **Bounded memory.** Whatever the night's length the driver holds one pixel buffer and one frame
+//! buffer (one frame each, at most a whole segment), the schedule's own bounded state, and at most
+//! [`PlayOptions::max_cached_generators`] segment generators (4.7 MB each). A generator is cached
+//! only while its segment is being read out and dropped at its end-of-segment frame. Segments are
+//! read out in parallel, so a large focal plane has more segments in flight than the cache holds:
+//! the others get a generator rebuilt for each frame (slower, bit-identical: the pixels depend only
+//! on `(seed, exposure, detector, segment)`). The fault injector keeps its own log of injected
+//! faults (one entry per fault).
+//!
+//! **Disconnect.** When the injector asks for [`FaultKind::DisconnectMidExposure`](crate::faults::FaultKind),
+//! the driver cannot close a `dyn FrameSink`: it stops playing and reports
+//! [`PlayReport::disconnected`]; the caller drops the sink (closing the connection). Reconnecting
+//! and resuming is not built.
+
+use std::collections::HashMap;
+use std::io;
+use std::time::{Duration, Instant};
+
+use crate::faults::{FaultCounts, FaultInjector, FaultPlan};
+use crate::frame::{
+    encode_frame, frame_length_bytes, FrameFields, InstrumentCode, FLAG_END_OF_EXPOSURE, FLAG_END_OF_SEGMENT,
+};
+use crate::geometry::{
+    DetectorKind, Instrument, RaftId, Segment, SensorId, SEGMENT_COLUMNS, SEGMENT_ROWS, SEGMENT_SIZE_BYTES,
+};
+use crate::header_service::{EventKind, HeaderEvent};
+use crate::night::{Event, NightSchedule, TimeCompression};
+use crate::pixels::{SegmentGenerator, SkyParameters};
+use crate::transport::FrameSink;
+
+/// Default for [`PlayOptions::max_cached_generators`]: 64 generators, about 300 MB.
+pub const DEFAULT_MAX_CACHED_GENERATORS: usize = 64;
+
+/// How to play a schedule.
+#[derive(Debug, Clone)]
+pub struct PlayOptions {
+    /// Pace events at `sim / factor` wall time from the first event; `None`: as fast as possible.
+    pub compression: Option<TimeCompression>,
+    /// The simulated sky (its seed fixes the pixels).
+    pub sky: SkyParameters,
+    /// Malformed frames to inject; `None`: every frame is well formed.
+    pub fault_plan: Option<FaultPlan>,
+    /// Stop after the `EndReadout` of this many LSSTCam visits (a LATISS exposure still being read
+    /// out then is cut short); `None`: play the whole schedule.
+    pub max_visits: Option<u32>,
+    /// At most this many segment generators are kept between frames (see the module docs).
+    pub max_cached_generators: usize,
+}
+
+impl PlayOptions {
+    /// As fast as possible, no faults, whole schedule, default cache size.
+    pub fn new(sky: SkyParameters) -> PlayOptions {
+        PlayOptions {
+            compression: None,
+            sky,
+            fault_plan: None,
+            max_visits: None,
+            max_cached_generators: DEFAULT_MAX_CACHED_GENERATORS,
+        }
+    }
+}
+
+/// What a play did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PlayReport {
+    /// Frames encoded from the schedule (before faults).
+    pub frames_generated_total: u64,
+    /// Frames handed to the sink (after faults: duplicates count twice, dropped ones not at all).
+    pub frames_sent_total: u64,
+    /// Bytes handed to the sink.
+    pub bytes_sent_total: u64,
+    /// Header events seen (`StartIntegration` + `EndReadout`); not sent anywhere yet.
+    pub header_events_total: u64,
+    /// `StartIntegration` events seen.
+    pub start_integration_total: u64,
+    /// `EndReadout` events seen, i.e. exposures whose readout was played to the end.
+    pub exposures_completed: u64,
+    /// Faults injected, per kind (all zero without a fault plan).
+    pub fault_counts: FaultCounts,
+    /// The injector asked for a disconnect: the play stopped there.
+    pub disconnected: bool,
+    /// Segment generators built (one per segment when the cache holds every segment in flight).
+    pub generators_built: u64,
+    /// Largest delay of an event behind its compressed wall time, seconds (0 without compression).
+    pub max_lag_seconds: f64,
+    /// Wall time of the play, seconds.
+    pub wall_seconds: f64,
+}
+
+impl PlayReport {
+    /// Bytes sent per wall second (0 for an instantaneous play).
+    pub fn bytes_per_second(&self) -> f64 {
+        if self.wall_seconds > 0.0 {
+            self.bytes_sent_total as f64 / self.wall_seconds
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Reported to [`play_with_progress`]'s callback at each exposure's `EndReadout`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExposureProgress<'a> {
+    /// The `EndReadout` event (OBSID, exposure id, times...).
+    pub end_readout: &'a HeaderEvent,
+    /// The report so far (`wall_seconds` up to now).
+    pub report: &'a PlayReport,
+}
+
+/// Plays `schedule` into `sink`; see the module docs. Errors are the sink's.
+pub fn play(
+    schedule: NightSchedule<'_>,
+    sink: &mut dyn FrameSink,
+    options: PlayOptions,
+) -> io::Result<PlayReport> {
+    play_with_progress(schedule, sink, options, &mut |_| {})
+}
+
+/// [`play`], calling `on_exposure` after each exposure's `EndReadout`.
+pub fn play_with_progress(
+    schedule: NightSchedule<'_>,
+    sink: &mut dyn FrameSink,
+    options: PlayOptions,
+    on_exposure: &mut dyn FnMut(&ExposureProgress<'_>),
+) -> io::Result<PlayReport> {
+    let wall_start = Instant::now();
+    let lsstcam = schedule.focalplane(Instrument::LsstCam);
+    let latiss = schedule.focalplane(Instrument::Latiss);
+    let mut injector = options.fault_plan.clone().map(FaultInjector::new);
+    let mut report = PlayReport::default();
+    let mut cache: HashMap<(Instrument, u64, usize, usize), SegmentGenerator> = HashMap::new();
+    let mut pixels: Vec<u8> = Vec::with_capacity(SEGMENT_SIZE_BYTES);
+    let mut frame: Vec<u8> = Vec::new();
+    let mut origin_ns: Option<i64> = None;
+    let mut lsstcam_visits_done = 0u32;
+    let mut frame_sequence = 0u64;
+
+    if options.max_visits == Some(0) {
+        report.wall_seconds = wall_start.elapsed().as_secs_f64();
+        return Ok(report);
+    }
+    for timed in schedule {
+        let origin = *origin_ns.get_or_insert(timed.sim_time_ns);
+        if let Some(compression) = options.compression {
+            let sim_offset = Duration::from_nanos((timed.sim_time_ns - origin).max(0) as u64);
+            let due = wall_start + compression.wall_offset(sim_offset);
+            let now = Instant::now();
+            if now < due {
+                std::thread::sleep(due - now);
+            } else {
+                report.max_lag_seconds = report.max_lag_seconds.max((now - due).as_secs_f64());
+            }
+        }
+        match timed.event {
+            Event::Header(header) => {
+                report.header_events_total += 1;
+                match header.kind {
+                    EventKind::StartIntegration => report.start_integration_total += 1,
+                    EventKind::EndReadout => {
+                        report.exposures_completed += 1;
+                        report.wall_seconds = wall_start.elapsed().as_secs_f64();
+                        if let Some(injector) = &injector {
+                            report.fault_counts = injector.counts();
+                        }
+                        on_exposure(&ExposureProgress { end_readout: &header, report: &report });
+                        if timed.instrument == Instrument::LsstCam {
+                            lsstcam_visits_done += 1;
+                            if options.max_visits.is_some_and(|max| lsstcam_visits_done >= max) {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            Event::Frame {
+                exposure_id,
+                detector,
+                segment,
+                first_row,
+                row_count,
+                end_of_segment,
+                end_of_exposure,
+            } => {
+                let focalplane = if timed.instrument == Instrument::LsstCam { lsstcam } else { latiss };
+                let detector_geometry = &focalplane.detectors()[detector];
+                let key = (timed.instrument, exposure_id, detector, segment);
+                pixels.resize(row_count as usize * SEGMENT_COLUMNS as usize * 4, 0);
+                match cache.get(&key) {
+                    Some(generator) => generator.generate_rows(first_row, row_count, &mut pixels),
+                    None => {
+                        let generator = SegmentGenerator::for_detector(
+                            options.sky,
+                            exposure_id,
+                            detector_geometry,
+                            segment,
+                        );
+                        report.generators_built += 1;
+                        generator.generate_rows(first_row, row_count, &mut pixels);
+                        if !end_of_segment && cache.len() < options.max_cached_generators {
+                            cache.insert(key, generator);
+                        }
+                    }
+                }
+                if end_of_segment {
+                    cache.remove(&key);
+                }
+
+                frame_sequence += 1;
+                let mut flags = 0;
+                if end_of_segment {
+                    flags |= FLAG_END_OF_SEGMENT;
+                }
+                if end_of_exposure {
+                    flags |= FLAG_END_OF_EXPOSURE;
+                }
+                let fields = FrameFields {
+                    instrument: instrument_code(timed.instrument),
+                    flags,
+                    raft: raft_wire_code(detector_geometry.raft()),
+                    sensor: sensor_wire_code(detector_geometry.sensor()),
+                    segment: segment_wire_code(&detector_geometry.segment(segment)),
+                    segment_columns: SEGMENT_COLUMNS as u16,
+                    segment_rows: SEGMENT_ROWS as u16,
+                    first_row: first_row as u16,
+                    row_count: row_count as u16,
+                    exposure_id,
+                    frame_sequence,
+                    readout_ns: timed.sim_time_ns.max(0) as u64,
+                };
+                frame.resize(frame_length_bytes(pixels.len()), 0);
+                encode_frame(&fields, &pixels, &mut frame);
+                report.frames_generated_total += 1;
+
+                match injector.as_mut() {
+                    None => send(sink, &frame, &mut report)?,
+                    Some(injector) => {
+                        let emit = injector.apply(frame.clone());
+                        report.fault_counts = injector.counts();
+                        if emit.is_disconnect() {
+                            report.disconnected = true;
+                            break;
+                        }
+                        for bytes in emit.into_frames() {
+                            send(sink, &bytes, &mut report)?;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if let Some(injector) = injector.as_mut() {
+        if !report.disconnected {
+            if let Some(held) = injector.finish() {
+                send(sink, &held, &mut report)?;
+            }
+        }
+        report.fault_counts = injector.counts();
+    }
+    report.wall_seconds = wall_start.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+fn send(sink: &mut dyn FrameSink, frame: &[u8], report: &mut PlayReport) -> io::Result<()> {
+    sink.send(frame)?;
+    report.frames_sent_total += 1;
+    report.bytes_sent_total += frame.len() as u64;
+    Ok(())
+}
+
+/// The frame protocol's camera byte.
+pub fn instrument_code(instrument: Instrument) -> InstrumentCode {
+    match instrument {
+        Instrument::LsstCam => InstrumentCode::LsstCam,
+        Instrument::Latiss => InstrumentCode::Latiss,
+    }
+}
+
+/// The raft's two digits: `R22` → 22, `R00` → 0.
+pub fn raft_wire_code(raft: RaftId) -> u8 {
+    raft.row() * 10 + raft.column()
+}
+
+/// `S11` → 11; guiders `SG0`/`SG1` → 30/31; wavefront `SW0`/`SW1` → 40/41.
+pub fn sensor_wire_code(sensor: SensorId) -> u8 {
+    let name = sensor.name().as_bytes();
+    let digit = |index: usize| name[index] - b'0';
+    match sensor.kind() {
+        DetectorKind::Science => digit(1) * 10 + digit(2),
+        DetectorKind::Guider => 30 + digit(2),
+        DetectorKind::WavefrontHalf => 40 + digit(2),
+    }
+}
+
+/// The digits of the EXTNAME: `Segment10` → 10, `Segment07` → 7.
+pub fn segment_wire_code(segment: &Segment) -> u8 {
+    let digits = segment.extname().trim_start_matches("Segment");
+    digits.parse().expect("EXTNAMEs are Segment followed by two digits")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::faults::FaultKind;
+    use crate::frame::decode_frame;
+    use crate::geometry::Focalplane;
+    use crate::night::{LatissPlan, NightPlan};
+    use crate::transport::{FrameWriter, ReplayFileReader, ReplayFileWriter};
+    use std::collections::HashSet;
+
+    const START_NS: i64 = 1_700_000_000_000_000_000;
+
+    fn latiss_plan(count: u32, frames_per_segment: u32) -> NightPlan {
+        NightPlan {
+            visit_count: 0,
+            frames_per_segment,
+            latiss: Some(LatissPlan { exposure_seconds: 1.0, cadence_seconds: 4.0, count }),
+            ..NightPlan::baseline(START_NS, 0, 7)
+        }
+    }
+
+    fn play_to_vec(plan: NightPlan, options: PlayOptions) -> (PlayReport, Vec<u8>) {
+        let lsstcam = Focalplane::lsstcam_subset(&["R22"]).unwrap();
+        let latiss = Focalplane::latiss();
+        let schedule = NightSchedule::new(plan, &lsstcam, &latiss).unwrap();
+        let mut sink = FrameWriter::new(Vec::new());
+        let report = play(schedule, &mut sink, options).unwrap();
+        assert_eq!(report.frames_sent_total, sink.frames_sent_total());
+        assert_eq!(report.bytes_sent_total, sink.bytes_sent_total());
+        (report, sink.into_inner())
+    }
+
+    fn temp_path(name: &str) -> std::path::PathBuf {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        std::env::temp_dir().join(format!("hw-sim-driver-{name}-{}-{nanos}.replay", std::process::id()))
+    }
+
+    #[test]
+    fn wire_codes_follow_the_protocol_doc() {
+        assert_eq!(raft_wire_code(RaftId::new(2, 2)), 22);
+        assert_eq!(raft_wire_code(RaftId::new(0, 0)), 0);
+        assert_eq!(raft_wire_code(RaftId::new(4, 3)), 43);
+        assert_eq!(sensor_wire_code(SensorId::science(1, 1)), 11);
+        assert_eq!(sensor_wire_code(SensorId::science(2, 0)), 20);
+        assert_eq!(sensor_wire_code(SensorId::guider(1)), 31);
+        assert_eq!(sensor_wire_code(SensorId::wavefront_half(0)), 40);
+        let focalplane = Focalplane::latiss();
+        let detector = &focalplane.detectors()[0];
+        let codes: Vec<u8> = detector.segments().map(|segment| segment_wire_code(&segment)).collect();
+        assert_eq!(codes, [10, 11, 12, 13, 14, 15, 16, 17, 7, 6, 5, 4, 3, 2, 1, 0]);
+    }
+
+    /// One visit of R22 into a replay file, read back: every frame valid, sequence 1..=N, every
+    /// segment's rows exactly once, pixels regenerated bit for bit.
+    #[test]
+    fn one_visit_of_r22_round_trips_through_a_replay_file() {
+        let lsstcam = Focalplane::lsstcam_subset(&["R22"]).unwrap();
+        let latiss = Focalplane::latiss();
+        let plan = NightPlan::baseline(START_NS, 1, 3);
+        let schedule = NightSchedule::new(plan, &lsstcam, &latiss).unwrap();
+        let path = temp_path("r22");
+        let sky = SkyParameters::default();
+        let mut writer = ReplayFileWriter::create(&path).unwrap();
+        let options = PlayOptions { max_cached_generators: 200, ..PlayOptions::new(sky) };
+        let report = play(schedule, &mut writer, options).unwrap();
+        writer.finish().unwrap();
+
+        let segments = lsstcam.segment_count() as u64;
+        assert_eq!(segments, 144);
+        assert_eq!(report.frames_generated_total, segments * 4);
+        assert_eq!(report.frames_sent_total, segments * 4);
+        assert_eq!(report.header_events_total, 2);
+        assert_eq!(report.exposures_completed, 1);
+        assert_eq!(report.generators_built, segments);
+        assert_eq!(report.fault_counts, FaultCounts::default());
+        assert!(!report.disconnected);
+
+        let mut reader = ReplayFileReader::open(&path).unwrap();
+        let mut buffer = vec![0u8; frame_length_bytes(SEGMENT_SIZE_BYTES)];
+        let mut rows_seen: HashMap<(u8, u8, u8), Vec<bool>> = HashMap::new();
+        let mut sequence = 0u64;
+        let mut checked_pixels = false;
+        let mut exposure_ids = HashSet::new();
+        while let Some(header) = reader.read_frame(&mut buffer).unwrap() {
+            let frame = &buffer[..header.frame_length_bytes()];
+            let decoded = decode_frame(frame).unwrap();
+            sequence += 1;
+            assert_eq!(decoded.frame_sequence.get(), sequence);
+            assert_eq!(decoded.instrument_code(), Some(InstrumentCode::LsstCam));
+            assert_eq!(decoded.raft, 22);
+            exposure_ids.insert(decoded.exposure_id.get());
+            let first = decoded.first_row.get() as usize;
+            let count = decoded.row_count.get() as usize;
+            let rows = rows_seen
+                .entry((decoded.raft, decoded.sensor, decoded.segment))
+                .or_insert_with(|| vec![false; SEGMENT_ROWS as usize]);
+            for seen in &mut rows[first..first + count] {
+                assert!(!*seen, "row sent twice");
+                *seen = true;
+            }
+            if !checked_pixels && decoded.sensor == 11 && decoded.segment == 7 && first > 0 {
+                let detector = lsstcam.detectors().iter().find(|d| d.to_string() == "R22_S11").unwrap();
+                let index = detector.segments().position(|s| s.extname() == "Segment07").unwrap();
+                let generator =
+                    SegmentGenerator::for_detector(sky, decoded.exposure_id.get(), detector, index);
+                let mut expected = vec![0u8; count * SEGMENT_COLUMNS as usize * 4];
+                generator.generate_rows(first as u32, count as u32, &mut expected);
+                let payload = &frame[crate::frame::FRAME_HEADER_BLOCK_BYTES..][..expected.len()];
+                assert!(payload == expected.as_slice(), "pixels differ from the regenerated rows");
+                checked_pixels = true;
+            }
+        }
+        assert!(checked_pixels);
+        assert_eq!(sequence, segments * 4);
+        assert_eq!(exposure_ids.len(), 1);
+        assert_eq!(rows_seen.len() as u64, segments);
+        assert!(rows_seen.values().all(|rows| rows.iter().all(|&seen| seen)));
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn cache_size_does_not_change_the_bytes() {
+        let sky = SkyParameters::default();
+        let (cached, cached_bytes) = play_to_vec(
+            latiss_plan(1, 4),
+            PlayOptions { max_cached_generators: 16, ..PlayOptions::new(sky) },
+        );
+        let (uncached, uncached_bytes) =
+            play_to_vec(latiss_plan(1, 4), PlayOptions { max_cached_generators: 0, ..PlayOptions::new(sky) });
+        assert_eq!(cached.generators_built, 16);
+        assert_eq!(uncached.generators_built, 64);
+        assert_eq!(cached.frames_sent_total, 64);
+        assert!(cached_bytes == uncached_bytes);
+    }
+
+    #[test]
+    fn faults_are_injected_and_counted() {
+        let sky = SkyParameters::default();
+        let plan = FaultPlan::new(1).at(3, FaultKind::DuplicatedFrame).at(5, FaultKind::BadPayloadCrc);
+        let options = PlayOptions { fault_plan: Some(plan), ..PlayOptions::new(sky) };
+        let (report, _) = play_to_vec(latiss_plan(1, 1), options);
+        assert_eq!(report.frames_generated_total, 16);
+        assert_eq!(report.frames_sent_total, 17);
+        assert_eq!(report.fault_counts.duplicated_frame, 1);
+        assert_eq!(report.fault_counts.bad_payload_crc, 1);
+
+        let plan = FaultPlan::new(1).at(5, FaultKind::DisconnectMidExposure);
+        let options = PlayOptions { fault_plan: Some(plan), ..PlayOptions::new(sky) };
+        let (report, bytes) = play_to_vec(latiss_plan(2, 1), options);
+        assert!(report.disconnected);
+        assert_eq!(report.frames_sent_total, 4);
+        assert_eq!(bytes.len() as u64, 4 * frame_length_bytes(SEGMENT_SIZE_BYTES) as u64);
+        assert_eq!(report.fault_counts.disconnect_mid_exposure, 1);
+    }
+
+    #[test]
+    fn compression_paces_and_max_visits_stops() {
+        let sky = SkyParameters::default();
+        // One LATISS exposure: 1 s open + 2 s readout = 3 s simulated, 0.3 s at factor 10.
+        let options =
+            PlayOptions { compression: Some(TimeCompression { factor: 10.0 }), ..PlayOptions::new(sky) };
+        let (report, _) = play_to_vec(latiss_plan(1, 1), options);
+        assert!(report.wall_seconds >= 0.29, "played in {} s", report.wall_seconds);
+        assert_eq!(report.exposures_completed, 1);
+
+        let lsstcam = Focalplane::lsstcam_subset(&["R22"]).unwrap();
+        let latiss = Focalplane::latiss();
+        let plan = NightPlan { frames_per_segment: 1, ..NightPlan::baseline(START_NS, 3, 1) };
+        let schedule = NightSchedule::new(plan, &lsstcam, &latiss).unwrap();
+        let mut sink = FrameWriter::new(io::sink());
+        let mut progress = Vec::new();
+        let options = PlayOptions { max_visits: Some(1), ..PlayOptions::new(sky) };
+        let report = play_with_progress(schedule, &mut sink, options, &mut |p| {
+            progress.push((p.end_readout.metadata.exposure_id, p.report.frames_sent_total))
+        })
+        .unwrap();
+        assert_eq!(report.exposures_completed, 1);
+        assert_eq!(report.frames_sent_total, 144);
+        assert_eq!(progress.len(), 1);
+        assert_eq!(progress[0].1, 144);
+    }
+}
