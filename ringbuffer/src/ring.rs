@@ -528,22 +528,6 @@ impl Ring {
     pub fn create_on(files: RingFiles, create: &CreateOptions, options: RingOptions) -> Result<Self> {
         create.validate()?;
         options.validate()?;
-        Self::create_on_inner(files, create, options, None, None)
-    }
-
-    /// Opens a ring on the given storage.
-    pub fn open_on(files: RingFiles, options: RingOptions) -> Result<Self> {
-        options.validate()?;
-        Self::open_inner(files, options, OpenMode::ReadWrite, None, None)
-    }
-
-    fn create_on_inner(
-        files: RingFiles,
-        create: &CreateOptions,
-        options: RingOptions,
-        directory: Option<&Path>,
-        lock_file: Option<File>,
-    ) -> Result<Self> {
         check_size(&*files.data, create.capacity_bytes)?;
         check_size(&*files.meta, META_FILE_BYTES)?;
         let mut block = AlignedBuf::zeroed(BLOCK_BYTES_USIZE);
@@ -556,7 +540,13 @@ impl Ring {
             }
         }
         write_initial_checkpoints(&files, create, &*options.clock)?;
-        Self::open_inner(files, options, OpenMode::ReadWrite, directory, lock_file)
+        Self::open_inner(files, options, OpenMode::ReadWrite, None, None)
+    }
+
+    /// Opens a ring on the given storage.
+    pub fn open_on(files: RingFiles, options: RingOptions) -> Result<Self> {
+        options.validate()?;
+        Self::open_inner(files, options, OpenMode::ReadWrite, None, None)
     }
 
     fn open_inner(

@@ -246,6 +246,18 @@ impl SimRing {
         RingFiles { meta: Arc::new(self.meta.clone()), data: Arc::new(self.data.clone()) }
     }
 
+    /// A torn crash spelled out: of the data file's unsynced writes, exactly the byte ranges in
+    /// `reached_medium` (as currently written) become durable; everything else unsynced, in both
+    /// files, is lost.
+    pub fn crash_keeping(&self, reached_medium: &[(u64, usize)]) {
+        for &(offset, length) in reached_medium {
+            let mut bytes = vec![0u8; length];
+            self.data.read_exact_at(offset, &mut bytes).expect("range inside the simulated file");
+            self.data.overwrite_durable(offset, &bytes);
+        }
+        self.crash(CrashMode::DropUnsynced);
+    }
+
     /// Crashes both files the same way (the data file's choices use `seed`, the meta file's
     /// `seed + 1`).
     pub fn crash(&self, mode: CrashMode) {

@@ -96,7 +96,7 @@ use ringbuffer::layout::CheckpointSlot;
 use ringbuffer::sim::{CrashMode, SimFile, SimRing, SplitMix64};
 use ringbuffer::{
     AlignedBuf, BatchRecord, Clock, CreateOptions, CursorSpec, Error, FullPolicy, ManualClock, Position,
-    Reader, RecordDefect, RecordKind, Ring, RingEventKind, RingOptions, Storage,
+    Reader, RecordDefect, RecordKind, Ring, RingEventKind, RingOptions,
 };
 
 const BLOCK: u64 = 4096;
@@ -1236,17 +1236,6 @@ fn append_exact(ring: &mut Ring, sequence: u64, nonce: u64, length: usize) -> u6
     appended.offset
 }
 
-/// A torn crash spelled out: of the unsynced writes, exactly the byte ranges in
-/// `reached_medium` (as currently written) become durable; everything else unsynced is lost.
-fn crash_keeping(sim: &SimRing, reached_medium: &[(u64, usize)]) {
-    for &(offset, length) in reached_medium {
-        let mut bytes = vec![0u8; length];
-        sim.data.read_exact_at(offset, &mut bytes).expect("read");
-        sim.data.overwrite_durable(offset, &bytes);
-    }
-    sim.crash(CrashMode::DropUnsynced);
-}
-
 /// Everything the drain returns, as (sequence, payload).
 fn drain_all(ring: &Ring) -> Vec<(u64, Vec<u8>)> {
     let mut drain = ring.reader("drain").expect("reader");
@@ -1274,7 +1263,7 @@ fn a_record_recovered_behind_a_stale_header_of_an_older_generation_is_delivered(
     assert_eq!(ring.commit().unwrap(), 2);
     assert_eq!(append_exact(&mut ring, 3, 1, 4095), 8192);
     drop(ring);
-    crash_keeping(&sim, &[(8192, 4096)]);
+    sim.crash_keeping(&[(8192, 4096)]);
 
     // Generation 2 cuts off the torn record (correct) and reuses sequence 3 at offset 8192 for
     // a header-only record; record 4 follows at 12288. The crash loses record 3, keeps record 4.
@@ -1283,7 +1272,7 @@ fn a_record_recovered_behind_a_stale_header_of_an_older_generation_is_delivered(
     assert_eq!(append_exact(&mut ring, 3, 2, 0), 8192);
     assert_eq!(append_exact(&mut ring, 4, 2, 0), 12288);
     drop(ring);
-    crash_keeping(&sim, &[(12288, 4096)]);
+    sim.crash_keeping(&[(12288, 4096)]);
 
     // Generation 3: recovery rejects generation 1's header at 8192 (OldGeneration), finds record
     // 4 at 12288, quarantines 3 and recovers 4 as durable. Correct so far.
@@ -1324,7 +1313,7 @@ fn a_quarantined_sequence_number_is_never_returned_with_the_stale_payload_of_an_
         assert_eq!(append_exact(&mut ring, sequence, 1, sizes(sequence)), offsets[sequence as usize]);
     }
     drop(ring);
-    crash_keeping(&sim, &[(4096, 4096), (53248, 8192)]);
+    sim.crash_keeping(&[(4096, 4096), (53248, 8192)]);
 
     // Generation 2: record 2's payload is torn and no valid header follows within the window, so
     // recovery cuts the log at record 2 (nothing after record 1 was acknowledged). Generation 1's
@@ -1337,7 +1326,7 @@ fn a_quarantined_sequence_number_is_never_returned_with_the_stale_payload_of_an_
         assert_eq!(append_exact(&mut ring, sequence, 2, sizes(sequence)), offsets[sequence as usize]);
     }
     drop(ring);
-    crash_keeping(&sim, &[(4096, 49152), (61440, 4096)]);
+    sim.crash_keeping(&[(4096, 49152), (61440, 4096)]);
 
     // Generation 3: recovery keeps 2..=5, finds no generation-2 record 6, resynchronises on 7,
     // reports 6 as quarantined and recovers up to 7.
@@ -1384,7 +1373,7 @@ fn a_record_recovered_after_two_adjacent_quarantined_holes_is_delivered() {
     assert_eq!(append_exact(&mut ring, 2, 1, 8192), 12288);
     assert_eq!(append_exact(&mut ring, 3, 1, 8192), 24576);
     drop(ring);
-    crash_keeping(&sim, &[(24576, 4096)]);
+    sim.crash_keeping(&[(24576, 4096)]);
 
     // Generation 2: recovery finds nothing at 0, resynchronises on record 3's header (hole 1:
     // records 1 and 2), finds record 3's payload torn and cuts the log there. Head: (24576, 3).
@@ -1394,7 +1383,7 @@ fn a_record_recovered_after_two_adjacent_quarantined_holes_is_delivered() {
     assert_eq!(append_exact(&mut ring, 3, 2, 0), 24576);
     assert_eq!(append_exact(&mut ring, 4, 2, 0), 28672);
     drop(ring);
-    crash_keeping(&sim, &[(28672, 4096)]);
+    sim.crash_keeping(&[(28672, 4096)]);
 
     // Generation 3: recovery rejects generation 1's header at 24576, resynchronises on record 4
     // (hole 2: record 3) and recovers record 4 as durable.

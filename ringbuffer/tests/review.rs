@@ -5,7 +5,6 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use ringbuffer::sim::{CrashMode, SimRing, SplitMix64};
-use ringbuffer::storage::Storage;
 use ringbuffer::{
     open_read_only_on, AlignedBuf, CreateOptions, CursorSpec, Error, ManualClock, RecordKind, Ring,
     RingOptions,
@@ -45,16 +44,6 @@ fn append(ring: &mut Ring, sequence: u64, nonce: u64, length: usize) -> u64 {
     let appended = ring.append(RecordKind::Frame, 0, buffer.as_slice(), length).expect("append");
     assert_eq!(appended.sequence, sequence);
     appended.offset
-}
-
-/// Of the unsynced writes, exactly the byte ranges in `reached_medium` become durable.
-fn crash_keeping(sim: &SimRing, reached_medium: &[(u64, usize)]) {
-    for &(offset, length) in reached_medium {
-        let mut bytes = vec![0u8; length];
-        sim.data.read_exact_at(offset, &mut bytes).expect("read");
-        sim.data.overwrite_durable(offset, &bytes);
-    }
-    sim.crash(CrashMode::DropUnsynced);
 }
 
 /// Finding 1. `Ring::add_cursor(name, true)` on an existing *optional* cursor that lags behind the
@@ -119,7 +108,7 @@ fn a_corrupt_hole_marker_never_lets_a_stale_record_of_an_older_generation_throug
         append(&mut ring, sequence, 1, 0);
     }
     drop(ring);
-    crash_keeping(&sim, &[(32768, 4096)]);
+    sim.crash_keeping(&[(32768, 4096)]);
     let mut ring = Ring::open_on(sim.files(), drain_only()).unwrap();
     assert_eq!(ring.durable_sequence(), 1);
 
@@ -132,7 +121,7 @@ fn a_corrupt_hole_marker_never_lets_a_stale_record_of_an_older_generation_throug
     assert_eq!(append(&mut ring, 4, 2, 8192), 28672);
     assert_eq!(append(&mut ring, 5, 2, 8192), 40960);
     drop(ring);
-    crash_keeping(&sim, &[(40960, 12288)]);
+    sim.crash_keeping(&[(40960, 12288)]);
     let mut ring = Ring::open_on(sim.files(), drain_only()).unwrap();
     assert_eq!(ring.commit().unwrap(), 5, "record 5 is acknowledged");
     drop(ring);

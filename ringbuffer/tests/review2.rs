@@ -6,7 +6,6 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use ringbuffer::sim::{CrashMode, SimRing, SplitMix64};
-use ringbuffer::storage::Storage;
 use ringbuffer::{
     AlignedBuf, CreateOptions, CursorSpec, ManualClock, Position, RecordKind, Ring, RingOptions,
 };
@@ -45,16 +44,6 @@ fn append(ring: &mut Ring, sequence: u64, nonce: u64, length: usize) -> u64 {
     let appended = ring.append(RecordKind::Frame, 0, buffer.as_slice(), length).expect("append");
     assert_eq!(appended.sequence, sequence);
     appended.offset
-}
-
-/// Of the unsynced writes, exactly the byte ranges in `reached_medium` become durable.
-fn crash_keeping(sim: &SimRing, reached_medium: &[(u64, usize)]) {
-    for &(offset, length) in reached_medium {
-        let mut bytes = vec![0u8; length];
-        sim.data.read_exact_at(offset, &mut bytes).expect("read");
-        sim.data.overwrite_durable(offset, &bytes);
-    }
-    sim.crash(CrashMode::DropUnsynced);
 }
 
 /// `checkpoint_sequence` and generation of each valid-looking slot (`None` if not a checkpoint).
@@ -114,7 +103,7 @@ fn falling_back_to_a_clean_close_slot_still_wipes_what_the_lost_session_left() {
         append(&mut ring, sequence, 2, 0);
     }
     drop(ring);
-    crash_keeping(&sim, &[(36864, 4096)]);
+    sim.crash_keeping(&[(36864, 4096)]);
 
     // Bit rot in generation 2's (newest) checkpoint slot.
     let slots = slot_summary(&sim);
