@@ -6,4 +6,8 @@
 //! portable fallback path with the same semantics when io_uring is unavailable.
 //! It is the only crate of the workspace allowed to contain `unsafe` (io_uring needs it).
 //!
-//! Today it contains no code: nothing here pretends to ingest anything.
+//! Built so far: [`protocol`], the input contract shared with `hw-sim`, `failover` and
+//! `summit-node` (frame protocol and camera geometry). The ingest itself is not built yet:
+//! nothing here pretends to ingest anything.
+
+pub mod protocol;

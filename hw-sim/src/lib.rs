@@ -1,12 +1,9 @@
 //! `hw-sim`: simulated LSSTCam, LATISS, header service and link faults.
 //!
 //! **Partly built (issue 3).** Built so far:
-//! - [`geometry`]: camera geometry, the single source of truth for every crate: LSSTCam's 189
-//!   science CCDs, 8 guiders and 8 wavefront half-sensors, LATISS, ITL and e2v segment layouts,
-//!   extension order, DATASEC/DETSEC/DETSIZE, raft subsets. Assumptions not in `domain.md` are
-//!   marked in its docs (DETSEC flips in particular must be checked before the FITS writer).
-//! - [`frame`]: the DAQ frame protocol, the ingest's input contract (one definition for sender
-//!   and receiver; byte diagram in `docs/daq-frame-protocol.md`).
+//! - [`geometry`] and [`frame`]: re-exported from `dma_ingest::protocol`, the input contract
+//!   the simulator and the ingest share (camera geometry, the single source of truth for every
+//!   crate; the DAQ frame protocol, byte diagram in `docs/daq-frame-protocol.md`).
 //! - [`pixels`]: the seeded sky-like pixel generator: any segment of any exposure regenerated
 //!   bit-for-bit from `(seed, exposure, detector, segment)`, row range by row range, from a
 //!   per-segment template plus table-driven noise (what it simplifies is listed in its docs).
@@ -43,8 +40,7 @@
 pub mod clock;
 pub mod driver;
 pub mod faults;
-pub mod frame;
-pub mod geometry;
+pub use dma_ingest::protocol::{frame, geometry};
 pub mod header_service;
 pub mod link_proxy;
 pub mod night;

@@ -149,7 +149,7 @@ impl Shared {
         threads.retain(|handle| !handle.is_finished());
         match spawned {
             Ok(handle) => threads.push(handle),
-            Err(error) => eprintln!("link_proxy: cannot spawn thread {name}: {error}"),
+            Err(error) => tracing::error!(thread = name, %error, "link proxy cannot spawn a thread"),
         }
     }
 
@@ -194,7 +194,10 @@ impl LinkControl {
 
     /// Sets the link state (what [`cut`](Self::cut), [`restore`](Self::restore) and schedules call).
     pub fn apply(&self, state: LinkState) {
-        lock(&self.shared.settings).state = state;
+        let previous = std::mem::replace(&mut lock(&self.shared.settings).state, state);
+        if previous != state {
+            tracing::info!(from = ?previous, to = ?state, "link proxy state changed");
+        }
         match state {
             LinkState::Up => lock(&self.shared.held).clear(),
             LinkState::Down(CutMode::BlackHole) => {}
@@ -218,11 +221,13 @@ impl LinkControl {
     /// If the limit is zero (use [`cut`](Self::cut) to stop traffic).
     pub fn set_bandwidth_limit(&self, bytes_per_second: Option<u64>) {
         assert_ne!(bytes_per_second, Some(0), "bandwidth limit must be positive");
+        tracing::info!(?bytes_per_second, "link proxy bandwidth limit set");
         lock(&self.shared.settings).bandwidth_limit_bytes_per_second = bytes_per_second;
     }
 
     /// Delays every forwarded chunk (each read of up to 16 KiB) by `latency` in each direction.
     pub fn set_latency(&self, latency: Duration) {
+        tracing::info!(?latency, "link proxy latency set");
         lock(&self.shared.settings).latency = latency;
     }
 
@@ -330,7 +335,7 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener, upstream: SocketAdd
             Err(error) if error.kind() == ErrorKind::WouldBlock => thread::sleep(POLL_INTERVAL),
             Err(error) if error.kind() == ErrorKind::Interrupted => {}
             Err(error) => {
-                eprintln!("link_proxy: accept on {:?} failed: {error}", listener.local_addr());
+                tracing::warn!(listen = ?listener.local_addr(), %error, "link proxy accept failed");
                 thread::sleep(POLL_INTERVAL);
             }
         }
@@ -352,7 +357,7 @@ fn admit(shared: &Arc<Shared>, client: TcpStream, upstream: SocketAddr) {
     }
     shared.spawn("link-proxy-connect", move |shared| {
         if let Err(error) = connect_and_forward(&shared, client, upstream) {
-            eprintln!("link_proxy: cannot forward to {upstream}: {error}");
+            tracing::warn!(%upstream, %error, "link proxy cannot forward a connection");
         }
     });
 }

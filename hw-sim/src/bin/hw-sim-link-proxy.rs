@@ -295,6 +295,13 @@ fn read_line(input: &mut impl BufRead) -> io::Result<Line> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
     let proxy = match LinkProxy::start(args.listen, args.upstream) {
         Ok(proxy) => proxy,
         Err(error) => {

@@ -17,8 +17,9 @@
 //!
 //! - [`ITL_SCIENCE_RAFTS`]: which science rafts are ITL (the rest e2v), and that corner rafts are
 //!   ITL — taken from obs_lsst's LSSTCam camera description, not from domain.md.
-//! - [`Segment::detsec`]: the DETSEC convention (un-flipped rectangles, which corner each amplifier
-//!   occupies). To be checked against obs_lsst before the FITS writer (issue 5) relies on it.
+//! - [`Segment::detsec`]: the DETSEC convention (which block each amplifier occupies and which
+//!   axes are flipped), from the camera team's eotest sensor geometry and obs_lsst's `flipXY`
+//!   per amplifier; not stated in domain.md.
 //! - [`DetectorKind::WavefrontHalf`]: a half-sensor reads out the first 8 extensions of the
 //!   16-segment order (`Segment10`..`Segment17`), and its DETSIZE is `[1:4072,1:2000]`.
 //! - [`Vendor::ccd_manu`]: the `CCD_MANU` header values `ITL` and `E2V`.
@@ -212,8 +213,8 @@ impl Vendor {
 
 /// A rectangle in FITS/IRAF section notation: 1-based, inclusive on both ends.
 ///
-/// `x_first > x_last` (or `y_first > y_last`) would denote a flipped axis; this module produces
-/// none today (see [`Segment::detsec`]).
+/// `x_first > x_last` (or `y_first > y_last`) denotes a flipped axis, as real DETSECs use (see
+/// [`Segment::detsec`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Section {
     /// First column, 1-based.
@@ -533,29 +534,23 @@ impl Detector {
         let data_rows = layout.data_rows;
         let amplifier = (index % 8) as u32;
         let is_top_row = index < 8;
-        let detsec = match (self.kind(), is_top_row) {
-            // Wavefront half-sensor: a single row of amplifiers, Segment1N at column block N.
-            (DetectorKind::WavefrontHalf, _) => Section {
-                x_first: amplifier * data_columns + 1,
-                x_last: (amplifier + 1) * data_columns,
-                y_first: 1,
-                y_last: data_rows,
-            },
-            // Segment1N: top half, column block N (index = N).
-            (_, true) => Section {
-                x_first: amplifier * data_columns + 1,
-                x_last: (amplifier + 1) * data_columns,
-                y_first: data_rows + 1,
-                y_last: 2 * data_rows,
-            },
-            // Segment0N sits at index 15 - N, so `amplifier` = 7 - N: bottom half, column
-            // block 7 - N, i.e. Segment07 at the left and Segment00 at the right.
-            (_, false) => Section {
-                x_first: amplifier * data_columns + 1,
-                x_last: (amplifier + 1) * data_columns,
-                y_first: 1,
-                y_last: data_rows,
-            },
+        // Column block of the amplifier: Segment1N and Segment0N both sit at block N (N = index
+        // for Segment1N; index 8 + (7 - N) for Segment0N).
+        let block = if is_top_row { amplifier } else { 7 - amplifier };
+        let (left, right) = (block * data_columns + 1, (block + 1) * data_columns);
+        let detsec = match (self.kind(), is_top_row, self.vendor) {
+            // Segment1N: bottom half, read from its right edge: x flipped.
+            (DetectorKind::WavefrontHalf, _, _) | (_, true, _) => {
+                Section { x_first: right, x_last: left, y_first: 1, y_last: data_rows }
+            }
+            // Segment0N of an ITL sensor: top half, x and y flipped.
+            (_, false, Vendor::Itl) => {
+                Section { x_first: right, x_last: left, y_first: 2 * data_rows, y_last: data_rows + 1 }
+            }
+            // Segment0N of an e2v sensor: top half, y flipped only.
+            (_, false, Vendor::E2v) => {
+                Section { x_first: left, x_last: right, y_first: 2 * data_rows, y_last: data_rows + 1 }
+            }
         };
         Segment { index: index as u8, vendor: self.vendor, detsec }
     }
@@ -610,16 +605,21 @@ impl Segment {
 
     /// Where this segment's data area lies in detector coordinates (the DETSEC keyword).
     ///
-    /// **Assumption, to be checked against obs_lsst before the FITS writer (issue 5) relies on
-    /// it.** Real raw headers flip x and/or y for some amplifiers (written as `[509:1,...]`);
-    /// this module writes every DETSEC un-flipped (`first <= last`) and places amplifiers so:
+    /// Real raw headers flip axes (written first > last) so that every amplifier's readout
+    /// corner maps onto the detector consistently. The convention, from the LSST camera team's
+    /// sensor geometry (eotest `AmplifierGeometry`) and obs_lsst's camera description
+    /// (`flipXY` per amplifier), with `dc`, `dr` the vendor's data columns and rows:
     ///
-    /// - `Segment1N` (top half): columns `N*dc+1 ..= (N+1)*dc`, rows `dr+1 ..= 2*dr`;
-    /// - `Segment0N` (bottom half): columns `(7-N)*dc+1 ..= (8-N)*dc`, rows `1 ..= dr`;
-    /// - wavefront half-sensor `Segment1N`: columns `N*dc+1 ..= (N+1)*dc`, rows `1 ..= dr`;
+    /// - `Segment1N`: bottom half, column block N, x flipped: `[(N+1)*dc:N*dc+1,1:dr]`
+    ///   (ITL `Segment10` = `[509:1,1:2000]`);
+    /// - `Segment0N`, ITL: top half, column block N, x and y flipped:
+    ///   `[(N+1)*dc:N*dc+1,2*dr:dr+1]`;
+    /// - `Segment0N`, e2v: top half, column block N, y flipped: `[N*dc+1:(N+1)*dc,2*dr:dr+1]`
+    ///   (e2v `Segment00` = `[1:512,4004:2003]`);
+    /// - wavefront half-sensor `Segment1N` (ITL): as a science `Segment1N`, DETSIZE
+    ///   `[1:4072,1:2000]` (**Assumption**: the half-sensor is treated as the bottom half).
     ///
-    /// where `dc`, `dr` are the vendor's data columns and rows. The 16 (or 8) sections tile the
-    /// detector's DETSIZE exactly; the tests check that.
+    /// The 16 (or 8) sections tile the detector's DETSIZE exactly; the tests check that.
     pub const fn detsec(&self) -> Section {
         self.detsec
     }
@@ -826,20 +826,30 @@ mod tests {
             .expect("LSSTCam has wavefront half-sensors")
     }
 
+    /// The section with both axes in increasing order.
+    fn normalized(section: &Section) -> Section {
+        Section {
+            x_first: section.x_first.min(section.x_last),
+            x_last: section.x_first.max(section.x_last),
+            y_first: section.y_first.min(section.y_last),
+            y_last: section.y_first.max(section.y_last),
+        }
+    }
+
     fn sections_overlap(a: &Section, b: &Section) -> bool {
+        let (a, b) = (normalized(a), normalized(b));
         a.x_first <= b.x_last && b.x_first <= a.x_last && a.y_first <= b.y_last && b.y_first <= a.y_last
     }
 
-    /// The detector's DETSECs are un-flipped, lie inside DETSIZE, do not overlap, and their
-    /// areas add up to DETSIZE's: together they tile it exactly.
+    /// The detector's DETSECs lie inside DETSIZE, do not overlap, and their areas add up to
+    /// DETSIZE's: together they tile it exactly.
     fn assert_detsecs_tile_detsize(detector: &Detector) {
         let detsize = detector.detsize();
         let layout = detector.vendor().layout();
         let detsecs: Vec<Section> = detector.segments().map(|segment| segment.detsec()).collect();
         let mut area_pixels: u64 = 0;
-        for (position, detsec) in detsecs.iter().enumerate() {
-            assert!(detsec.x_first <= detsec.x_last, "{detector} {detsec}: x flipped");
-            assert!(detsec.y_first <= detsec.y_last, "{detector} {detsec}: y flipped");
+        for (position, flipped) in detsecs.iter().enumerate() {
+            let detsec = &normalized(flipped);
             assert!(detsec.x_first >= detsize.x_first, "{detector} {detsec}: left of DETSIZE");
             assert!(detsec.x_last <= detsize.x_last, "{detector} {detsec}: right of DETSIZE");
             assert!(detsec.y_first >= detsize.y_first, "{detector} {detsec}: below DETSIZE");
@@ -847,7 +857,7 @@ mod tests {
             assert_eq!(detsec.width(), layout.data_columns, "{detector} {detsec}: width");
             assert_eq!(detsec.height(), layout.data_rows, "{detector} {detsec}: height");
             for other in &detsecs[position + 1..] {
-                assert!(!sections_overlap(detsec, other), "{detector}: {detsec} overlaps {other}");
+                assert!(!sections_overlap(flipped, other), "{detector}: {flipped} overlaps {other}");
             }
             area_pixels += u64::from(detsec.width()) * u64::from(detsec.height());
         }
@@ -1056,14 +1066,22 @@ mod tests {
     }
 
     #[test]
-    fn detsec_places_segment1n_on_top_at_block_n_and_segment0n_below_at_block_7_minus_n() {
-        let detector = full_ccd(Vendor::Itl);
-        assert_eq!(detector.segment(0).detsec().to_string(), "[1:509,2001:4000]");
-        assert_eq!(detector.segment(7).detsec().to_string(), "[3564:4072,2001:4000]");
-        assert_eq!(detector.segment(8).detsec().to_string(), "[1:509,1:2000]");
-        assert_eq!(detector.segment(15).detsec().to_string(), "[3564:4072,1:2000]");
+    fn detsecs_follow_the_camera_flip_convention_for_both_vendors() {
+        let itl = full_ccd(Vendor::Itl);
+        let detsec = |detector: &Detector, extname: &str| {
+            let segment = detector.segments().find(|segment| segment.extname() == extname).expect("extname");
+            segment.detsec().to_string()
+        };
+        assert_eq!(detsec(&itl, "Segment10"), "[509:1,1:2000]");
+        assert_eq!(detsec(&itl, "Segment17"), "[4072:3564,1:2000]");
+        assert_eq!(detsec(&itl, "Segment07"), "[4072:3564,4000:2001]");
+        assert_eq!(detsec(&itl, "Segment00"), "[509:1,4000:2001]");
         let e2v = full_ccd(Vendor::E2v);
-        assert_eq!(e2v.segment(15).detsec().to_string(), "[3585:4096,1:2002]");
+        assert_eq!(detsec(&e2v, "Segment10"), "[512:1,1:2002]");
+        assert_eq!(detsec(&e2v, "Segment00"), "[1:512,4004:2003]");
+        assert_eq!(detsec(&e2v, "Segment07"), "[3585:4096,4004:2003]");
+        let wavefront = wavefront_half();
+        assert_eq!(detsec(&wavefront, "Segment13"), "[2036:1528,1:2000]");
     }
 
     #[test]
