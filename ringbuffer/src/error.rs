@@ -108,6 +108,23 @@ pub enum Error {
         /// Bytes free.
         free_bytes: u64,
     },
+    /// Too many records are written but not yet durable: wait for the writes in flight to be
+    /// confirmed and make them durable ([`crate::Ring::commit`] or
+    /// [`crate::Ring::begin_sync`]) before planning more.
+    #[error(
+        "{unsynced_bytes} bytes are not durable yet ({in_flight} writes in flight); sync before appending more \
+         (limit {limit_bytes} bytes, {max_in_flight} writes)"
+    )]
+    SyncRequired {
+        /// Bytes written or planned since the durable head.
+        unsynced_bytes: u64,
+        /// Planned writes not yet confirmed.
+        in_flight: usize,
+        /// The unsynced-bytes limit.
+        limit_bytes: u64,
+        /// The maximum of planned writes in flight.
+        max_in_flight: usize,
+    },
     /// The payload is larger than the ring's maximum record payload.
     #[error("payload of {length_bytes} bytes exceeds the ring's maximum of {max_bytes} bytes")]
     TooLarge {

@@ -291,6 +291,35 @@ impl RecordHeader {
         timestamp_ns: u64,
     ) -> Self {
         let payload_length = u32::try_from(payload.len()).expect("payload length checked by caller");
+        Self::with_payload_crc(
+            kind,
+            flags,
+            sequence,
+            logical_offset,
+            ring_id,
+            generation,
+            stream_id,
+            payload_length,
+            crc32fast::hash(payload),
+            timestamp_ns,
+        )
+    }
+
+    /// Like [`RecordHeader::new`], for a payload whose CRC32 the caller already computed (the
+    /// ingest folds it into the single validation pass over the pixels).
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_payload_crc(
+        kind: RecordKind,
+        flags: u8,
+        sequence: u64,
+        logical_offset: u64,
+        ring_id: u64,
+        generation: u32,
+        stream_id: u32,
+        payload_length: u32,
+        payload_crc32: u32,
+        timestamp_ns: u64,
+    ) -> Self {
         let mut header = Self {
             magic: RECORD_MAGIC.into(),
             format_version: FORMAT_VERSION.into(),
@@ -302,7 +331,7 @@ impl RecordHeader {
             generation: generation.into(),
             stream_id: stream_id.into(),
             payload_length: payload_length.into(),
-            payload_crc32: crc32fast::hash(payload).into(),
+            payload_crc32: payload_crc32.into(),
             timestamp_ns: timestamp_ns.into(),
             reserved: 0.into(),
             header_crc32: 0.into(),

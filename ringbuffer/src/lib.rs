@@ -53,8 +53,8 @@ pub use error::{Error, Result};
 pub use layout::{RecordDefect, RecordKind};
 pub use reader::{Reader, Record, RecordInfo};
 pub use ring::{
-    open_read_only, open_read_only_on, Appended, BatchRecord, OpenMode, Position, Ring, MAX_BATCH_RECORDS,
-    MAX_IO_DEPTH,
+    open_read_only, open_read_only_on, Appended, BatchRecord, OpenMode, PlannedAppend, PlannedBlock,
+    Position, Ring, SyncTicket, MAX_BATCH_RECORDS, MAX_EXTERNAL_IN_FLIGHT, MAX_IO_DEPTH,
 };
 pub use stats::{BadRegion, CursorStats, RingEvent, RingEventKind, RingStats, VerifyReport};
 pub use storage::{FileStorage, RingFiles, Storage};

@@ -54,6 +54,9 @@ pub(crate) struct RateSample {
 pub const MAX_BATCH_RECORDS: usize = 64;
 /// Most writes in flight in one [`Ring::append_batch`].
 pub const MAX_IO_DEPTH: usize = 16;
+/// Most records [`Ring::plan_append`] lets an external writer have in flight (planned, not yet
+/// confirmed written).
+pub const MAX_EXTERNAL_IN_FLIGHT: usize = 256;
 
 /// One record of a batch: the same arguments as [`Ring::append`].
 #[derive(Clone, Copy, Debug)]
@@ -438,7 +441,12 @@ fn short_text(text: &str) -> heapless::String<96> {
 #[derive(Debug)]
 pub struct Ring {
     shared: Arc<Shared>,
+    /// Next position to place a record at: everything before it is written or planned.
     written: Position,
+    /// Everything before this position is written (planned records confirmed by their writer).
+    confirmed: Position,
+    /// Planned records not yet confirmed, oldest first: (sequence, position after the record).
+    external_in_flight: heapless::Deque<(u64, Position), MAX_EXTERNAL_IN_FLIGHT>,
     unsynced_records: u64,
     unsynced_bytes: u64,
     bytes_since_checkpoint: u64,
@@ -446,6 +454,52 @@ pub struct Ring {
     batch_headers: AlignedBuf,
     rate: RateEstimator,
     thresholds_crossed: usize,
+}
+
+fn header_bytes(header: &RecordHeader) -> [u8; 64] {
+    header.as_bytes().try_into().expect("a record header is 64 bytes")
+}
+
+/// What a sync started by [`Ring::begin_sync`] will make durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "hand the fdatasync's result to Ring::finish_sync"]
+pub struct SyncTicket {
+    covers: Position,
+}
+
+impl SyncTicket {
+    /// The last sequence number the sync covers.
+    pub fn last_sequence(&self) -> u64 {
+        self.covers.sequence - 1
+    }
+}
+
+/// One 4096-byte block to write at a byte offset of the ring's data file: the 64-byte record
+/// header at its start, zeros after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlannedBlock {
+    /// Byte offset in the data file (a multiple of 4096).
+    pub physical_offset: u64,
+    /// The record header; bytes 64..4096 of the block are zero.
+    pub header: [u8; 64],
+}
+
+/// Where [`Ring::plan_append`] placed a record.
+///
+/// Write `padding` (if any: a padding record's header block, which ends the lap), then the
+/// record's header block at `record.physical_offset`, immediately followed by the payload padded
+/// with zeros to a multiple of 4096 (one write of `4096 + padded payload` bytes from a buffer
+/// that holds the header block in front of the payload is the zero-copy way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlannedAppend {
+    /// The record's sequence number.
+    pub sequence: u64,
+    /// Its logical offset (position + lap).
+    pub logical_offset: u64,
+    /// The record's header block.
+    pub record: PlannedBlock,
+    /// A padding record to write first when the record does not fit before the end of the lap.
+    pub padding: Option<PlannedBlock>,
 }
 
 /// Outcome of scanning forward from a known-good position.
@@ -563,6 +617,8 @@ impl Ring {
         let ring = Self {
             shared,
             written,
+            confirmed: written,
+            external_in_flight: heapless::Deque::new(),
             unsynced_records: 0,
             unsynced_bytes: 0,
             bytes_since_checkpoint: 0,
@@ -597,6 +653,7 @@ impl Ring {
     ) -> Result<Appended> {
         self.shared.check_poisoned()?;
         self.check_writable()?;
+        self.check_no_external_writes()?;
         self.check_payload(kind, padded, payload_length)?;
         let record_bytes = stored_record_bytes(payload_length as u64);
         let start = self.written;
@@ -618,11 +675,12 @@ impl Ring {
         let payload = &padded[..payload_length];
         self.write_record(kind, flags, at, payload, padded, now_ns)?;
         self.written = Position { offset: at.offset + record_bytes, sequence: at.sequence + 1 };
+        self.confirmed = self.written;
         self.unsynced_records += 1;
         self.unsynced_bytes += padding_bytes + record_bytes;
         self.bytes_since_checkpoint += padding_bytes + record_bytes;
         self.shared.counters.appends_total.fetch_add(1, Ordering::Relaxed);
-        self.shared.counters.appended_bytes_total.fetch_add(record_bytes, Ordering::Relaxed);
+        self.shared.counters.appended_bytes_total.fetch_add(padding_bytes + record_bytes, Ordering::Relaxed);
         Ok(Appended { sequence: at.sequence, offset: at.offset })
     }
 
@@ -663,6 +721,7 @@ impl Ring {
     ) -> Result<std::ops::RangeInclusive<u64>> {
         self.shared.check_poisoned()?;
         self.check_writable()?;
+        self.check_no_external_writes()?;
         if records.is_empty() || records.len() > MAX_BATCH_RECORDS {
             return Err(Error::InvalidConfig {
                 field: "batch length",
@@ -771,6 +830,7 @@ impl Ring {
         let first_sequence = self.written.sequence;
         let appended_bytes = at.offset - self.written.offset;
         self.written = at;
+        self.confirmed = at;
         self.unsynced_records += records.len() as u64;
         self.unsynced_bytes += appended_bytes;
         self.bytes_since_checkpoint += appended_bytes;
@@ -936,34 +996,217 @@ impl Ring {
         })
     }
 
-    /// Group commit: makes every record appended so far durable, publishes the durable head to
-    /// readers, and returns the last durable sequence number (0 if the ring never held one).
+    /// Group commit: makes every record appended so far durable (of planned records, only those
+    /// confirmed written), publishes the durable head to readers, and returns the last durable
+    /// sequence number (0 if the ring never held one).
     /// Writes a checkpoint when `checkpoint_interval_bytes` were appended since the last one.
     pub fn commit(&mut self) -> Result<u64> {
         self.shared.check_poisoned()?;
-        if self.unsynced_records > 0 {
-            let data = &self.shared.files.data;
-            if let Err(source) = data.sync_data() {
-                return Err(self.shared.poison(format!(
-                    "fdatasync of {} failed: {source}; records after sequence {} may be lost and \
-                     the page cache cannot be trusted",
-                    data.location().display(),
-                    self.shared.state().durable.sequence.saturating_sub(1)
-                )));
-            }
-            self.unsynced_records = 0;
-            self.unsynced_bytes = 0;
-            self.shared.counters.syncs_total.fetch_add(1, Ordering::Relaxed);
-            self.shared.state().durable = self.written;
-            self.shared.durable_changed.notify_all();
-            self.rate.sample(self.shared.options.clock.now_ns(), self.written.offset);
-            self.check_thresholds();
-            if self.bytes_since_checkpoint >= self.shared.options.checkpoint_interval_bytes {
-                self.shared.checkpoint(None)?;
-                self.bytes_since_checkpoint = 0;
-            }
+        if let Some(ticket) = self.begin_sync() {
+            let result = self.shared.files.data.sync_data();
+            self.finish_sync(ticket, result)?;
         }
-        Ok(self.written.sequence - 1)
+        Ok(self.shared.state().durable.sequence - 1)
+    }
+
+    /// The first half of [`Ring::commit`], for a writer that issues the `fdatasync` itself (the
+    /// io_uring ingest): returns what a sync started now would make durable (every record written
+    /// or confirmed so far), or `None` when that is already durable. Issue one `fdatasync` of the
+    /// data file after this call, then hand its result to [`Ring::finish_sync`].
+    pub fn begin_sync(&mut self) -> Option<SyncTicket> {
+        let durable = self.shared.state().durable;
+        (self.confirmed.sequence > durable.sequence).then_some(SyncTicket { covers: self.confirmed })
+    }
+
+    /// The second half of [`Ring::commit`]: on success publishes the ticket's records as durable
+    /// (readers see them, the rate and fill thresholds update, a checkpoint is written when due)
+    /// and returns the last durable sequence; on failure poisons the ring (fail-stop).
+    pub fn finish_sync(&mut self, ticket: SyncTicket, result: std::io::Result<()>) -> Result<u64> {
+        self.shared.check_poisoned()?;
+        if let Err(source) = result {
+            let data = &self.shared.files.data;
+            return Err(self.shared.poison(format!(
+                "fdatasync of {} failed: {source}; records after sequence {} may be lost and the page \
+                 cache cannot be trusted",
+                data.location().display(),
+                self.shared.state().durable.sequence.saturating_sub(1)
+            )));
+        }
+        let covers = ticket.covers;
+        {
+            let mut state = self.shared.state();
+            if covers.sequence <= state.durable.sequence {
+                return Ok(state.durable.sequence - 1);
+            }
+            state.durable = covers;
+        }
+        self.unsynced_records = self.written.sequence - covers.sequence;
+        self.unsynced_bytes = self.written.offset - covers.offset;
+        self.shared.counters.syncs_total.fetch_add(1, Ordering::Relaxed);
+        self.shared.durable_changed.notify_all();
+        self.rate.sample(self.shared.options.clock.now_ns(), covers.offset);
+        self.check_thresholds();
+        if self.bytes_since_checkpoint >= self.shared.options.checkpoint_interval_bytes {
+            self.shared.checkpoint(None)?;
+            // The checkpoint names the durable head `covers`: what lies past it (planned or
+            // confirmed after the ticket) is still to be scanned by recovery.
+            self.bytes_since_checkpoint = self.written.offset - covers.offset;
+        }
+        Ok(covers.sequence - 1)
+    }
+
+    /// The data file's descriptor when it is a real file opened with `O_DIRECT`, for a writer
+    /// that writes planned records itself ([`Ring::plan_append`]); `None` otherwise (simulated
+    /// storage, or a filesystem without `O_DIRECT`: use [`Ring::append`]).
+    pub fn direct_data_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.shared.files.data.direct_fd()
+    }
+
+    /// Places a record of `payload_length` bytes whose payload CRC32 the caller computed, for a
+    /// writer that writes it itself (the io_uring ingest, from its registered buffers), and
+    /// returns where: see [`PlannedAppend`]. Nothing is written by this call.
+    ///
+    /// The caller must write the planned blocks, then report each record, in plan order, with
+    /// [`Ring::confirm_written`] (or [`Ring::external_write_failed`], which poisons the ring).
+    /// Only confirmed records are made durable by a sync. Space and the full policy work as in
+    /// [`Ring::append`]; at most [`MAX_EXTERNAL_IN_FLIGHT`] planned records may be unconfirmed,
+    /// and [`Error::SyncRequired`] asks the caller to sync when the unsynced bytes reach the
+    /// limit that bounds recovery.
+    pub fn plan_append(
+        &mut self,
+        kind: RecordKind,
+        flags: u8,
+        payload_length: usize,
+        payload_crc32: u32,
+    ) -> Result<PlannedAppend> {
+        self.shared.check_poisoned()?;
+        self.check_writable()?;
+        if matches!(kind, RecordKind::Padding | RecordKind::Hole) {
+            return Err(Error::InvalidConfig {
+                field: "kind",
+                value: format!("{kind:?}"),
+                reason: "padding and hole records are written by the ring itself".into(),
+            });
+        }
+        let max_bytes = u64::from(self.shared.geometry.max_payload_bytes);
+        if payload_length as u64 > max_bytes {
+            return Err(Error::TooLarge { length_bytes: payload_length as u64, max_bytes });
+        }
+        let record_bytes = stored_record_bytes(payload_length as u64);
+        let capacity = self.shared.geometry.capacity_bytes;
+        let remaining_in_lap = capacity - self.shared.physical(self.written.offset);
+        let padding_bytes = if record_bytes > remaining_in_lap { remaining_in_lap } else { 0 };
+        let limit_bytes = self.shared.unsynced_limit_bytes();
+        if self.unsynced_bytes + padding_bytes + record_bytes > limit_bytes {
+            self.commit()?;
+        }
+        if self.external_in_flight.is_full()
+            || self.unsynced_bytes + padding_bytes + record_bytes > limit_bytes
+        {
+            return Err(Error::SyncRequired {
+                unsynced_bytes: self.unsynced_bytes,
+                in_flight: self.external_in_flight.len(),
+                limit_bytes,
+                max_in_flight: MAX_EXTERNAL_IN_FLIGHT,
+            });
+        }
+        self.reserve(padding_bytes + record_bytes)?;
+
+        let geometry = self.shared.geometry;
+        let now_ns = self.shared.options.clock.now_ns();
+        let mut at = self.written;
+        let padding = (padding_bytes > 0).then(|| {
+            let header = RecordHeader::new(
+                RecordKind::Padding,
+                0,
+                at.sequence,
+                at.offset,
+                geometry.ring_id,
+                geometry.generation,
+                geometry.stream_id,
+                &[],
+                now_ns,
+            );
+            let planned = PlannedBlock {
+                physical_offset: self.shared.physical(at.offset),
+                header: header_bytes(&header),
+            };
+            at.offset += padding_bytes;
+            planned
+        });
+        let physical_offset = self.shared.physical(at.offset);
+        assert!(physical_offset + record_bytes <= capacity);
+        let header = RecordHeader::with_payload_crc(
+            kind,
+            flags,
+            at.sequence,
+            at.offset,
+            geometry.ring_id,
+            geometry.generation,
+            geometry.stream_id,
+            payload_length as u32,
+            payload_crc32,
+            now_ns,
+        );
+        let end = Position { offset: at.offset + record_bytes, sequence: at.sequence + 1 };
+        self.external_in_flight.push_back((at.sequence, end)).expect("checked not full above");
+        self.written = end;
+        self.unsynced_records += 1;
+        self.unsynced_bytes += padding_bytes + record_bytes;
+        self.bytes_since_checkpoint += padding_bytes + record_bytes;
+        self.shared.counters.appends_total.fetch_add(1, Ordering::Relaxed);
+        self.shared.counters.appended_bytes_total.fetch_add(padding_bytes + record_bytes, Ordering::Relaxed);
+        Ok(PlannedAppend {
+            sequence: at.sequence,
+            logical_offset: at.offset,
+            record: PlannedBlock { physical_offset, header: header_bytes(&header) },
+            padding,
+        })
+    }
+
+    /// Reports that the planned record `sequence` (and its padding) is written. Records must be
+    /// confirmed in the order they were planned.
+    pub fn confirm_written(&mut self, sequence: u64) -> Result<()> {
+        self.shared.check_poisoned()?;
+        match self.external_in_flight.front() {
+            Some(&(expected, end)) if expected == sequence => {
+                self.external_in_flight.pop_front();
+                self.confirmed = end;
+                Ok(())
+            }
+            front => Err(Error::InvalidConfig {
+                field: "confirmed sequence",
+                value: sequence.to_string(),
+                reason: match front {
+                    Some((expected, _)) => format!("records are confirmed in plan order; next is {expected}"),
+                    None => "no planned record is waiting for confirmation".into(),
+                },
+            }),
+        }
+    }
+
+    /// Reports that writing the planned record `sequence` failed: the ring is poisoned
+    /// (fail-stop, as for its own writes) and the returned error says why.
+    pub fn external_write_failed(&mut self, sequence: u64, source: std::io::Error) -> Error {
+        let data = &self.shared.files.data;
+        self.shared
+            .poison(format!("write of record {sequence} to {} failed: {source}", data.location().display()))
+    }
+
+    /// Planned records not yet confirmed.
+    pub fn external_writes_in_flight(&self) -> usize {
+        self.external_in_flight.len()
+    }
+
+    fn check_no_external_writes(&self) -> Result<()> {
+        if self.external_in_flight.is_empty() {
+            return Ok(());
+        }
+        Err(Error::InvalidConfig {
+            field: "append",
+            value: format!("{} planned writes in flight", self.external_in_flight.len()),
+            reason: "the ring's own appends wait until every planned record is confirmed".into(),
+        })
     }
 
     /// Appends and commits one record: acknowledged when this returns.
@@ -980,8 +1223,22 @@ impl Ring {
     }
 
     /// Commits and writes a checkpoint, so the next open has nothing to scan.
+    ///
+    /// With planned records still unconfirmed ([`Ring::plan_append`]) their blocks may yet land
+    /// beyond the durable head, so the close is not clean: what is confirmed is committed, no
+    /// clean-close checkpoint is written (the next open zeroes beyond the head as after a crash)
+    /// and an error says so.
     pub fn close(mut self) -> Result<()> {
         self.commit()?;
+        if !self.external_in_flight.is_empty() {
+            return Err(Error::InvalidConfig {
+                field: "close",
+                value: format!("{} planned writes in flight", self.external_in_flight.len()),
+                reason: "unconfirmed planned records may still be written past the durable head; the ring \
+                         was closed uncleanly (the next open recovers as after a crash)"
+                    .into(),
+            });
+        }
         self.shared.checkpoint_with(None, true)
     }
 

@@ -28,6 +28,12 @@ pub trait Storage: Send + Sync + core::fmt::Debug {
     fn sync_data(&self) -> io::Result<()>;
     /// Where this storage lives, for error messages.
     fn location(&self) -> &Path;
+    /// The file descriptor, when this storage is a real file opened with `O_DIRECT`: an external
+    /// writer (the io_uring ingest) may then write records the ring planned
+    /// ([`crate::Ring::plan_append`]) with the same semantics as the ring's own writes.
+    fn direct_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        None
+    }
 }
 
 /// The two files of one ring.
@@ -205,6 +211,11 @@ impl Storage for FileStorage {
 
     fn sync_data(&self) -> io::Result<()> {
         self.file.sync_data()
+    }
+
+    fn direct_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        self.direct_io.then(|| self.file.as_fd())
     }
 
     fn location(&self) -> &Path {
