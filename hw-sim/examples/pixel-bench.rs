@@ -4,15 +4,22 @@
 //! It writes about 2 GB (by default) of segments into one reused 4.7 MB buffer three ways and
 //! prints GB/s (10^9 bytes per second) on one core:
 //! - `fill`: `slice::fill` of the same buffer, the memset-style ceiling;
-//! - `generate_segment`: noise and byte output from prebuilt templates (the streaming cost);
-//! - `new + generate_segment`: a fresh generator per segment, template build included (what a
-//!   DAQ simulator pays when every segment of every exposure is new).
+//! - `generate_segment`: rows rendered from prebuilt (compact) generators, noise and byte output
+//!   (the streaming cost);
+//! - `new + generate_segment`: a fresh generator per segment, construction included (what a DAQ
+//!   simulator pays when every segment of every exposure is new).
+//!
+//! Then it plays 3 visits of raft R22 (144 segments, 4 frames each, 2.05 GB) through the camera
+//! driver into `io::sink()`: generation + frame encoding, without any file or socket.
 
 use std::hint::black_box;
 use std::time::Instant;
 
-use hw_sim::geometry::{Vendor, SEGMENT_SIZE_BYTES};
+use hw_sim::driver::{play, PlayOptions};
+use hw_sim::geometry::{Focalplane, Vendor, SEGMENT_SIZE_BYTES};
+use hw_sim::night::{NightPlan, NightSchedule};
 use hw_sim::pixels::{SegmentGenerator, SkyParameters};
+use hw_sim::transport::FrameWriter;
 
 fn main() {
     let gigabytes: f64 = std::env::args().nth(1).map_or(2.0, |arg| arg.parse().expect("gigabytes: a number"));
@@ -58,5 +65,19 @@ fn main() {
     println!(
         "new + generate_segment     {fresh_rate:7.2} GB/s  ({:.0}% of fill)",
         100.0 * fresh_rate / fill_rate
+    );
+
+    let lsstcam = Focalplane::lsstcam_subset(&["R22"]).expect("R22 exists");
+    let latiss = Focalplane::latiss();
+    let plan = NightPlan::baseline(1_744_758_000_000_000_000, 3, 1);
+    let schedule = NightSchedule::new(plan, &lsstcam, &latiss).expect("a valid plan");
+    let mut sink = FrameWriter::new(std::io::sink());
+    let report = play(schedule, &mut sink, PlayOptions::new(params)).expect("io::sink never fails");
+    println!(
+        "driver, 3 visits of R22      {:7.2} GB/s  ({:.2} GB in {:.2} s, {} generators built)",
+        report.bytes_per_second() / 1e9,
+        report.bytes_sent_total as f64 / 1e9,
+        report.wall_seconds,
+        report.generators_built
     );
 }

@@ -7,19 +7,27 @@
 //! [`TimeCompression`] it sleeps until each event's compressed wall time; without one it sends as
 //! fast as the sink accepts (the sink blocks under back-pressure, so nothing is dropped).
 //!
-//! **Header events are only counted.** The header-service channel (the metadata on the wire) does
-//! not exist yet (`docs/daq-frame-protocol.md`, "Not specified yet"), so `StartIntegration` and
-//! `EndReadout` are counted in the [`PlayReport`] and reported to the progress callback of
-//! [`play_with_progress`], then dropped.
+//! **Header events go to the metadata channel.** Each `StartIntegration` and `EndReadout` is
+//! counted in the [`PlayReport`] and, when [`play_with_metadata`] is given a metadata sink, encoded
+//! as one metadata message ([`HeaderEvent::to_metadata_event`], [`encode_message`];
+//! `docs/daq-frame-protocol.md`, "Metadata channel") and sent at its scheduled time. Frames and
+//! metadata are interleaved in schedule order, so an exposure's `StartIntegration` is sent before
+//! its first frame and its `EndReadout` after its last frame. [`play`] and [`play_with_progress`]
+//! send no metadata (they are [`play_with_metadata`] without a metadata sink);
+//! [`play_header_events`] sends only the metadata, skipping the frames.
 //!
 //! **Bounded memory.** Whatever the night's length the driver holds one pixel buffer and one frame
-//! buffer (one frame each, at most a whole segment), the schedule's own bounded state, and at most
-//! [`PlayOptions::max_cached_generators`] segment generators (4.7 MB each). A generator is cached
-//! only while its segment is being read out and dropped at its end-of-segment frame. Segments are
-//! read out in parallel, so a large focal plane has more segments in flight than the cache holds:
-//! the others get a generator rebuilt for each frame (slower, bit-identical: the pixels depend only
-//! on `(seed, exposure, detector, segment)`). The fault injector keeps its own log of injected
-//! faults (one entry per fault).
+//! buffer (one frame each, at most a whole segment), the schedule's own bounded state, and one
+//! compact segment generator per segment IN FLIGHT (about 10 KB each with the default sky, far
+//! below 256 KB: [`SegmentGenerator::heap_size_bytes`]), capped at
+//! [`PlayOptions::max_cached_generators`] ([`DEFAULT_MAX_CACHED_GENERATORS`] holds every segment of
+//! LSSTCam and LATISS). A generator is built at its segment's first frame and dropped at its
+//! end-of-segment frame, so memory is bounded by the segments read out in parallel: the whole
+//! 3216-segment focal plane takes well under 1 GB of generators (about 30 MB with the default
+//! sky). Beyond a smaller cap the other segments get a generator rebuilt for each frame (slower,
+//! bit-identical: the pixels depend only on `(seed, exposure, detector, segment)` and the frame's
+//! [`Scene`](crate::pixels::Scene)). The fault injector keeps its own log of injected faults (one
+//! entry per fault).
 //!
 //! **Disconnect.** When the injector asks for [`FaultKind::DisconnectMidExposure`](crate::faults::FaultKind),
 //! the driver cannot close a `dyn FrameSink`: it stops playing and reports
@@ -38,12 +46,15 @@ use crate::geometry::{
     DetectorKind, Instrument, RaftId, Segment, SensorId, SEGMENT_COLUMNS, SEGMENT_ROWS, SEGMENT_SIZE_BYTES,
 };
 use crate::header_service::{EventKind, HeaderEvent};
+use crate::metadata::encode_message;
 use crate::night::{Event, NightSchedule, TimeCompression};
 use crate::pixels::{SegmentGenerator, SkyParameters};
 use crate::transport::FrameSink;
 
-/// Default for [`PlayOptions::max_cached_generators`]: 64 generators, about 300 MB.
-pub const DEFAULT_MAX_CACHED_GENERATORS: usize = 64;
+/// Default for [`PlayOptions::max_cached_generators`]: 4096, more than the 3216 + 16 segments of
+/// LSSTCam and LATISS together, so every segment in flight is cached (well under 1 GB; see the
+/// module docs).
+pub const DEFAULT_MAX_CACHED_GENERATORS: usize = 4096;
 
 /// How to play a schedule.
 #[derive(Debug, Clone)]
@@ -83,8 +94,12 @@ pub struct PlayReport {
     pub frames_sent_total: u64,
     /// Bytes handed to the sink.
     pub bytes_sent_total: u64,
-    /// Header events seen (`StartIntegration` + `EndReadout`); not sent anywhere yet.
+    /// Header events seen (`StartIntegration` + `EndReadout`), sent or not.
     pub header_events_total: u64,
+    /// Metadata messages handed to the metadata sink (0 without one).
+    pub metadata_messages_sent_total: u64,
+    /// Bytes handed to the metadata sink.
+    pub metadata_bytes_sent_total: u64,
     /// `StartIntegration` events seen.
     pub start_integration_total: u64,
     /// `EndReadout` events seen, i.e. exposures whose readout was played to the end.
@@ -137,6 +152,19 @@ pub fn play_with_progress(
     options: PlayOptions,
     on_exposure: &mut dyn FnMut(&ExposureProgress<'_>),
 ) -> io::Result<PlayReport> {
+    play_with_metadata(schedule, sink, None, options, on_exposure)
+}
+
+/// [`play_with_progress`], also sending each header event to `metadata` (when given) as a
+/// metadata message at its scheduled time, interleaved with the frames in schedule order. Errors
+/// are either sink's.
+pub fn play_with_metadata(
+    schedule: NightSchedule<'_>,
+    sink: &mut dyn FrameSink,
+    mut metadata: Option<&mut dyn FrameSink>,
+    options: PlayOptions,
+    on_exposure: &mut dyn FnMut(&ExposureProgress<'_>),
+) -> io::Result<PlayReport> {
     let wall_start = Instant::now();
     let lsstcam = schedule.focalplane(Instrument::LsstCam);
     let latiss = schedule.focalplane(Instrument::Latiss);
@@ -168,6 +196,9 @@ pub fn play_with_progress(
         match timed.event {
             Event::Header(header) => {
                 report.header_events_total += 1;
+                if let Some(metadata) = &mut metadata {
+                    send_metadata(&mut **metadata, &header, &mut report)?;
+                }
                 match header.kind {
                     EventKind::StartIntegration => report.start_integration_total += 1,
                     EventKind::EndReadout => {
@@ -194,6 +225,7 @@ pub fn play_with_progress(
                 row_count,
                 end_of_segment,
                 end_of_exposure,
+                scene,
             } => {
                 let focalplane = if timed.instrument == Instrument::LsstCam { lsstcam } else { latiss };
                 let detector_geometry = &focalplane.detectors()[detector];
@@ -202,8 +234,9 @@ pub fn play_with_progress(
                 match cache.get(&key) {
                     Some(generator) => generator.generate_rows(first_row, row_count, &mut pixels),
                     None => {
-                        let generator = SegmentGenerator::for_detector(
+                        let generator = SegmentGenerator::for_detector_in_scene(
                             options.sky,
+                            scene,
                             exposure_id,
                             detector_geometry,
                             segment,
@@ -272,6 +305,58 @@ pub fn play_with_progress(
     }
     report.wall_seconds = wall_start.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Plays only the header events of `schedule` into `metadata`, paced by `compression` (`None`: as
+/// fast as the sink accepts), calling `on_event` after each is sent; frame events are skipped
+/// without generating pixels (give the schedule a small focal plane and one frame per segment: it
+/// still iterates them). The report counts header events and metadata sent; its frame fields are 0.
+pub fn play_header_events(
+    schedule: NightSchedule<'_>,
+    metadata: &mut dyn FrameSink,
+    compression: Option<TimeCompression>,
+    on_event: &mut dyn FnMut(&HeaderEvent, &PlayReport),
+) -> io::Result<PlayReport> {
+    let wall_start = Instant::now();
+    let mut report = PlayReport::default();
+    let mut origin_ns: Option<i64> = None;
+    for timed in schedule {
+        let Event::Header(header) = timed.event else { continue };
+        let origin = *origin_ns.get_or_insert(timed.sim_time_ns);
+        if let Some(compression) = compression {
+            let sim_offset = Duration::from_nanos((timed.sim_time_ns - origin).max(0) as u64);
+            let wall_due = wall_start + compression.wall_offset(sim_offset);
+            match wall_due.checked_duration_since(Instant::now()) {
+                Some(wait) => std::thread::sleep(wait),
+                None => report.max_lag_seconds = report.max_lag_seconds.max(wall_due.elapsed().as_secs_f64()),
+            }
+        }
+        report.header_events_total += 1;
+        send_metadata(metadata, &header, &mut report)?;
+        match header.kind {
+            EventKind::StartIntegration => report.start_integration_total += 1,
+            EventKind::EndReadout => report.exposures_completed += 1,
+        }
+        report.wall_seconds = wall_start.elapsed().as_secs_f64();
+        on_event(&header, &report);
+    }
+    report.wall_seconds = wall_start.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Encodes `header` as a metadata message and sends it.
+fn send_metadata(
+    metadata: &mut dyn FrameSink,
+    header: &HeaderEvent,
+    report: &mut PlayReport,
+) -> io::Result<()> {
+    let message = encode_message(&header.to_metadata_event()).map_err(|error| {
+        io::Error::new(io::ErrorKind::InvalidData, format!("encoding {}: {error}", header.metadata.obsid))
+    })?;
+    metadata.send(&message)?;
+    report.metadata_messages_sent_total += 1;
+    report.metadata_bytes_sent_total += message.len() as u64;
+    Ok(())
 }
 
 fn send(sink: &mut dyn FrameSink, frame: &[u8], report: &mut PlayReport) -> io::Result<()> {

@@ -8,6 +8,10 @@
 //! [`HeaderMetadata`] with the primary-header keywords of `shared/domain.md` ("Raw files").
 //! No I/O, no threads, no clock: time is whatever the caller passes in.
 //!
+//! [`HeaderEvent::to_metadata_event`] turns an event into the metadata channel's
+//! [`MetadataEvent`] (the keywords in FITS primary-header order, see [`METADATA_KEYWORD_ORDER`]),
+//! which [`crate::driver`] encodes and sends at the event's time.
+//!
 //! Also here: the identifiers [`obsid`], [`filename`] and [`exposure_id`], the observing day
 //! [`dayobs_from_unix_ns`] (the date in UTC-12, so it rolls over at 12:00 UTC), and the time
 //! helpers [`utc_to_tai_ns`], [`iso_tai`], [`mjd_from_tai_ns`] with a self-contained civil-date
@@ -26,11 +30,16 @@
 //! - Weather (AIRTEMP in deg C, PRESSURE in hPa, HUMIDITY in %, WINDSPD in m/s) is a sum of slow
 //!   sinusoids of time whose phases come from the seed, around plausible Cerro Pachon values;
 //!   it is sampled at the start of integration, and both events carry the same values.
+//! - On the metadata channel `StartIntegration` carries only what is known at shutter open: no
+//!   DATE-END, MJD-END or DARKTIME (the dark time is known once the readout is done). HEADVER is
+//!   [`HEADVER`], this simulator's header layout version.
 
 use crate::random::{mix, unit};
 use std::fmt;
 
+use crate::frame::InstrumentCode;
 use crate::geometry::{Instrument, RaftId, SensorId};
+use crate::metadata::{Keyword, KeywordValue, MetadataEvent, MetadataKind};
 
 /// TAI - UTC in seconds since 2017-01-01 (assumed unchanged since: no later leap second).
 pub const TAI_MINUS_UTC_SECONDS: i64 = 37;
@@ -42,6 +51,15 @@ pub const READOUT_SECONDS: i64 = 2;
 pub const MAX_SEQNUM: u32 = 999_999;
 /// The longest exposure time accepted, in seconds (one day).
 pub const MAX_EXPTIME_SECONDS: f64 = 86_400.0;
+/// HEADVER of the simulated headers (this simulator's header layout version).
+pub const HEADVER: i64 = 1;
+/// The keywords of an `EndReadout` metadata event, in order; a `StartIntegration` has the same
+/// order without DATE-END, MJD-END and DARKTIME.
+pub const METADATA_KEYWORD_ORDER: [&str; 24] = [
+    "OBSID", "CAMCODE", "INSTRUME", "CONTRLLR", "DAYOBS", "SEQNUM", "IMGTYPE", "DATE-OBS", "DATE-BEG",
+    "DATE-END", "MJD-BEG", "MJD-END", "EXPTIME", "DARKTIME", "FILTER", "RA", "DEC", "ROTPA", "AIRMASS",
+    "AIRTEMP", "PRESSURE", "HUMIDITY", "WINDSPD", "HEADVER",
+];
 
 const NS_PER_SECOND: i64 = 1_000_000_000;
 const NS_PER_DAY: i64 = 86_400 * NS_PER_SECOND;
@@ -291,6 +309,80 @@ pub struct HeaderEvent {
     pub time_unix_ns: i64,
     /// The metadata it carries.
     pub metadata: HeaderMetadata,
+}
+
+impl EventKind {
+    /// The metadata channel's kind for this event.
+    pub const fn metadata_kind(self) -> MetadataKind {
+        match self {
+            EventKind::StartIntegration => MetadataKind::StartIntegration,
+            EventKind::EndReadout => MetadataKind::EndReadout,
+        }
+    }
+}
+
+impl HeaderEvent {
+    /// The camera, from CAMCODE.
+    pub fn instrument(&self) -> Instrument {
+        if self.metadata.camcode == Instrument::Latiss.camera_code() {
+            Instrument::Latiss
+        } else {
+            Instrument::LsstCam
+        }
+    }
+
+    /// The event as the metadata channel carries it: the keywords in [`METADATA_KEYWORD_ORDER`]
+    /// (DAYOBS as the string `YYYYMMDD`, DATE-OBS = DATE-BEG), `StartIntegration` without the
+    /// keywords known only at the end of readout.
+    pub fn to_metadata_event(&self) -> MetadataEvent {
+        use KeywordValue::{Float, Int, Str};
+        let metadata = &self.metadata;
+        let instrument = self.instrument();
+        let text = |value: &str| Str(value.to_owned());
+        let mut keywords = vec![
+            ("OBSID", text(&metadata.obsid)),
+            ("CAMCODE", text(metadata.camcode)),
+            ("INSTRUME", text(instrument.display_name())),
+            ("CONTRLLR", text(&metadata.controller.to_string())),
+            ("DAYOBS", Str(metadata.dayobs_string())),
+            ("SEQNUM", Int(i64::from(metadata.seqnum))),
+            ("IMGTYPE", text(metadata.image_type.as_str())),
+            ("DATE-OBS", text(&metadata.date_beg)),
+            ("DATE-BEG", text(&metadata.date_beg)),
+        ];
+        if let Some(date_end) = &metadata.date_end {
+            keywords.push(("DATE-END", text(date_end)));
+        }
+        keywords.push(("MJD-BEG", Float(metadata.mjd_beg)));
+        if let Some(mjd_end) = metadata.mjd_end {
+            keywords.push(("MJD-END", Float(mjd_end)));
+        }
+        keywords.push(("EXPTIME", Float(metadata.exptime)));
+        if self.kind == EventKind::EndReadout {
+            keywords.push(("DARKTIME", Float(metadata.darktime)));
+        }
+        keywords.extend([
+            ("FILTER", text(&metadata.filter)),
+            ("RA", Float(metadata.ra)),
+            ("DEC", Float(metadata.dec)),
+            ("ROTPA", Float(metadata.rotpa)),
+            ("AIRMASS", Float(metadata.airmass)),
+            ("AIRTEMP", Float(metadata.airtemp)),
+            ("PRESSURE", Float(metadata.pressure)),
+            ("HUMIDITY", Float(metadata.humidity)),
+            ("WINDSPD", Float(metadata.windspd)),
+            ("HEADVER", Int(HEADVER)),
+        ]);
+        MetadataEvent {
+            kind: self.kind.metadata_kind(),
+            instrument: match instrument {
+                Instrument::LsstCam => InstrumentCode::LsstCam,
+                Instrument::Latiss => InstrumentCode::Latiss,
+            },
+            exposure_id: metadata.exposure_id,
+            keywords: keywords.into_iter().map(|(name, value)| Keyword::new(name, value)).collect(),
+        }
+    }
 }
 
 /// Why an exposure was refused (before any SEQNUM is used).
@@ -563,6 +655,40 @@ mod tests {
         let strip =
             |metadata: &HeaderMetadata| HeaderMetadata { date_end: None, mjd_end: None, ..metadata.clone() };
         assert_eq!(strip(end), *begin);
+    }
+
+    #[test]
+    fn metadata_events_carry_the_keywords_in_fits_order_and_survive_the_wire() {
+        use crate::metadata::{decode_message, encode_message};
+        let mut service = HeaderService::new();
+        let start = ns(2025, 4, 14, 23, 59, 23, 0);
+        let [first, second] = service.exposure(&request(Instrument::Latiss, start, 30.0)).unwrap();
+        let (begin, end) = (first.to_metadata_event(), second.to_metadata_event());
+        assert_eq!((begin.kind, end.kind), (MetadataKind::StartIntegration, MetadataKind::EndReadout));
+        assert_eq!(begin.instrument, InstrumentCode::Latiss);
+        assert_eq!(end.exposure_id, 2_025_041_400_001);
+
+        let names = |event: &MetadataEvent| event.keywords.iter().map(|k| k.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&end), METADATA_KEYWORD_ORDER);
+        let known_at_open: Vec<&str> = METADATA_KEYWORD_ORDER
+            .into_iter()
+            .filter(|name| !["DATE-END", "MJD-END", "DARKTIME"].contains(name))
+            .collect();
+        assert_eq!(names(&begin), known_at_open);
+
+        assert_eq!(end.get_str("OBSID"), Some("AT_O_20250414_000001"));
+        assert_eq!(end.get_str("DAYOBS"), Some("20250414"));
+        assert_eq!(end.get_str("INSTRUME"), Some("LATISS"));
+        assert_eq!(end.get_str("CONTRLLR"), Some("O"));
+        assert_eq!(end.get_int("SEQNUM"), Some(1));
+        assert_eq!(end.get_str("DATE-OBS"), Some("2025-04-15T00:00:00.000"));
+        assert_eq!(end.get_str("DATE-END"), Some("2025-04-15T00:00:30.000"));
+        assert_eq!(end.get("EXPTIME"), Some(&KeywordValue::Float(30.0)));
+        assert_eq!(end.get("HEADVER"), Some(&KeywordValue::Int(HEADVER)));
+
+        for event in [begin, end] {
+            assert_eq!(decode_message(&encode_message(&event).unwrap()).unwrap(), event);
+        }
     }
 
     #[test]

@@ -14,14 +14,30 @@
 //! Memory is bounded: each camera holds at most its current exposure's two header events and a
 //! frame cursor, whatever the visit count ([`NightSchedule::buffered_header_event_count`]).
 //!
+//! # Revisits and injected transients (optional)
+//!
+//! With [`NightPlan::revisits`] set, LSSTCam visits come in PAIRS on the same field, as the survey
+//! takes them: visits `2k` and `2k + 1` (0-based) share a field id ([`NightPlan::field_id`]) and
+//! the pointing in their header events (RA, DEC, ROTPA and AIRMASS), so their frames show the same
+//! stars on the same pixels ([`crate::pixels::Scene`]). In the second visit of each pair a
+//! transient appears in every segment of a chosen fraction of the detectors, with the flux the
+//! [`RevisitPlan`] gives. Each [`Event::Frame`] carries its [`Scene`], and [`NightPlan::scene`]
+//! computes it from the plan alone, so a verifier can regenerate any frame without the schedule;
+//! [`NightPlan::transient_sites`] lists where the transients of an exposure are, for first-look
+//! tests. LATISS exposures are never paired and never get transients. Without revisits (the
+//! baseline) every frame's scene is [`Scene::default`] and nothing changes.
+//!
 //! # Simplifications (not in `domain.md`)
 //!
 //! - Every LSSTCam visit is a SCIENCE exposure of the same length in the same filter
 //!   ([`LSSTCAM_FILTER`]); no u-band 38 s visits, no calibration frames, no slews or filter
 //!   changes beyond the fixed gap. LATISS likewise ([`LATISS_FILTER`]), on its own cadence from the
 //!   same start instant.
-//! - Pointing (RA, DEC, ROTPA, AIRMASS) is drawn from the seed and the exposure's index, not from
-//!   a survey strategy.
+//! - Pointing (RA, DEC, ROTPA, AIRMASS) is drawn from the seed and the exposure's index (the pair's
+//!   first index with revisits), not from a survey strategy; a revisit repeats the airmass too,
+//!   although the real one drifts in the 40 s between the two visits.
+//! - Revisit pairs are back to back (the survey separates a pair by tens of minutes) and the
+//!   transient is switched on in the second visit only: no light curve, no disappearing sources.
 //! - Readout must take the Header Service's [`READOUT_SECONDS`]; frames split each segment's
 //!   [`SEGMENT_ROWS`] rows into `frames_per_segment` near-equal row ranges, the k-th stamped at
 //!   shutter close + (k+1)/`frames_per_segment` of the readout.
@@ -31,11 +47,12 @@
 use crate::random::{mix, unit};
 use std::time::Duration;
 
-use crate::geometry::{Focalplane, Instrument, SEGMENT_ROWS};
+use crate::geometry::{Detector, Focalplane, Instrument, SEGMENT_ROWS};
 use crate::header_service::{
     Controller, ExposureRequest, HeaderEvent, HeaderService, ImageType, MAX_EXPTIME_SECONDS, MAX_SEQNUM,
     READOUT_SECONDS,
 };
+use crate::pixels::{hash_name, transient_site, Scene, Transient, STAR_FLUX_MAX_ADU};
 
 const NS_PER_SECOND: i64 = 1_000_000_000;
 /// FILTER of every simulated LSSTCam visit (placeholder).
@@ -52,6 +69,41 @@ pub struct LatissPlan {
     pub cadence_seconds: f64,
     /// How many exposures.
     pub count: u32,
+}
+
+/// LSSTCam visits in pairs on one field, with a transient in the second visit of each pair (see
+/// the module docs).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RevisitPlan {
+    /// Total flux of each transient, ADU (`0..=`[`STAR_FLUX_MAX_ADU`]; 0: pairs without transients).
+    pub transient_flux_adu: f64,
+    /// Fraction of the detectors (0..=1) whose segments get a transient; 1.0: all of them. Which
+    /// detectors is drawn per pair from the plan's seed.
+    pub transient_detector_fraction: f64,
+}
+
+impl RevisitPlan {
+    /// A transient of `transient_flux_adu` ADU in every segment of every detector.
+    pub const fn everywhere(transient_flux_adu: f64) -> RevisitPlan {
+        RevisitPlan { transient_flux_adu, transient_detector_fraction: 1.0 }
+    }
+}
+
+/// Where one transient of an exposure is ([`NightPlan::transient_sites`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransientLocation {
+    /// Index into the focal plane's [`Focalplane::detectors`].
+    pub detector: usize,
+    /// The detector's name as in file names, e.g. `R22_S11`.
+    pub detector_name: String,
+    /// Segment index within the detector.
+    pub segment: usize,
+    /// Row of the PSF centre in the segment (0-based, as read out).
+    pub row: u32,
+    /// Column of the PSF centre in the segment (0-based, prescan included).
+    pub column: u32,
+    /// Total flux, ADU.
+    pub flux_adu: f64,
 }
 
 /// What the night consists of.
@@ -74,6 +126,8 @@ pub struct NightPlan {
     pub latiss: Option<LatissPlan>,
     /// Seed of pointing and weather: same plan, same night.
     pub seed: u64,
+    /// LSSTCam visits in pairs on one field with transients; `None`: every visit on its own field.
+    pub revisits: Option<RevisitPlan>,
 }
 
 impl NightPlan {
@@ -89,7 +143,65 @@ impl NightPlan {
             frames_per_segment: 4,
             latiss: None,
             seed,
+            revisits: None,
         }
+    }
+
+    /// The field id of exposure `exposure_index` (the camera's exposures counted from 0 at the
+    /// night's start, i.e. SEQNUM - 1 on a night within one DAYOBS): the same for both visits of
+    /// an LSSTCam revisit pair, `None` without revisits and for LATISS.
+    pub fn field_id(&self, instrument: Instrument, exposure_index: u32) -> Option<u64> {
+        self.revisits?;
+        (instrument == Instrument::LsstCam)
+            .then(|| mix(self.seed ^ mix(0xF1E1_D000 ^ u64::from(exposure_index / 2))))
+    }
+
+    /// The scene of detector `detector_name` (e.g. `R22_S11`) in exposure `exposure_index`: its
+    /// field, and the transient when this is the second visit of a pair and the detector is among
+    /// the chosen fraction. What [`Event::Frame::scene`] carries; a pure function of the plan.
+    pub fn scene(&self, instrument: Instrument, exposure_index: u32, detector_name: &str) -> Scene {
+        let (Some(revisits), Some(field_id)) = (self.revisits, self.field_id(instrument, exposure_index))
+        else {
+            return Scene::default();
+        };
+        let second_visit = exposure_index % 2 == 1;
+        let chosen = unit(mix(self.seed ^ mix(field_id ^ hash_name(detector_name) ^ 0x7EA7)))
+            < revisits.transient_detector_fraction;
+        let transient = (second_visit && chosen && revisits.transient_flux_adu > 0.0)
+            .then_some(Transient { flux_adu: revisits.transient_flux_adu });
+        Scene { field_id: Some(field_id), transient }
+    }
+
+    /// Every transient of exposure `exposure_index` on `focalplane`, with the pixel seed
+    /// `sky_seed` ([`crate::pixels::SkyParameters::seed`]): one per segment of each chosen detector.
+    /// Empty without revisits, in the first visit of a pair, and for LATISS.
+    pub fn transient_sites(
+        &self,
+        sky_seed: u64,
+        instrument: Instrument,
+        exposure_index: u32,
+        focalplane: &Focalplane,
+    ) -> Vec<TransientLocation> {
+        let mut sites = Vec::new();
+        for (detector_index, detector) in focalplane.detectors().iter().enumerate() {
+            let name = detector.to_string();
+            let scene = self.scene(instrument, exposure_index, &name);
+            let (Some(transient), Some(field_id)) = (scene.transient, scene.field_id) else {
+                continue;
+            };
+            for segment in 0..detector.segment_count() {
+                let site = transient_site(sky_seed, field_id, &name, segment, detector.vendor());
+                sites.push(TransientLocation {
+                    detector: detector_index,
+                    detector_name: name.clone(),
+                    segment,
+                    row: site.row,
+                    column: site.column,
+                    flux_adu: transient.flux_adu,
+                });
+            }
+        }
+        sites
     }
 }
 
@@ -126,6 +238,14 @@ pub enum NightPlanError {
         /// Exposure plus readout.
         busy_seconds: f64,
     },
+    /// A revisit plan with a flux or fraction out of range.
+    #[error("revisits.{field} = {value} is out of range (flux 0..={STAR_FLUX_MAX_ADU} ADU, fraction 0..=1)")]
+    InvalidRevisits {
+        /// The plan field.
+        field: &'static str,
+        /// Its value.
+        value: f64,
+    },
     /// A focal plane passed for the wrong camera.
     #[error("focal plane for {expected:?} is of {found:?}")]
     WrongFocalplane {
@@ -158,6 +278,8 @@ pub enum Event {
         end_of_segment: bool,
         /// This is the exposure's last frame.
         end_of_exposure: bool,
+        /// The field and transient of this detector in this exposure ([`NightPlan::scene`]).
+        scene: Scene,
     },
 }
 
@@ -218,28 +340,32 @@ enum Phase {
 struct CameraStream<'a> {
     timing: Timing,
     focalplane: &'a Focalplane,
-    seed: u64,
+    /// The plan (its seed and revisits).
+    plan: NightPlan,
     /// Index of the next exposure to start.
     next_exposure: u32,
     /// The current exposure's shutter-open instant, id and header events not yet yielded.
     start_unix_ns: i64,
     exposure_id: u64,
+    /// Index of the current exposure (0-based).
+    exposure_index: u32,
     start_event: Option<Box<HeaderEvent>>,
     end_event: Option<Box<HeaderEvent>>,
     phase: Option<Phase>,
 }
 
 impl<'a> CameraStream<'a> {
-    fn new(timing: Timing, focalplane: &'a Focalplane, seed: u64) -> CameraStream<'a> {
+    fn new(timing: Timing, focalplane: &'a Focalplane, plan: NightPlan) -> CameraStream<'a> {
         assert!(timing.frames_per_segment >= 1);
         assert!(!focalplane.detectors().is_empty());
         CameraStream {
             timing,
             focalplane,
-            seed,
+            plan,
             next_exposure: 0,
             start_unix_ns: 0,
             exposure_id: 0,
+            exposure_index: 0,
             start_event: None,
             end_event: None,
             phase: None,
@@ -261,6 +387,7 @@ impl<'a> CameraStream<'a> {
             header_service.exposure(&request).expect("the plan was validated in NightSchedule::new");
         self.start_unix_ns = request.start_unix_ns;
         self.exposure_id = start.metadata.exposure_id;
+        self.exposure_index = index;
         self.start_event = Some(Box::new(start));
         self.end_event = Some(Box::new(end));
         self.phase = Some(Phase::Start);
@@ -269,9 +396,15 @@ impl<'a> CameraStream<'a> {
 
     fn request(&self, index: u32) -> ExposureRequest {
         let timing = &self.timing;
+        // Both visits of a revisit pair point where the first one does.
+        let pointing_index = match self.plan.field_id(timing.instrument, index) {
+            Some(_) => index & !1,
+            None => index,
+        };
+        let seed = self.plan.seed;
         let draw = |channel: u64| {
             let instrument_code = timing.instrument as u64;
-            unit(mix(self.seed ^ mix((instrument_code << 56) ^ (u64::from(index) << 8) ^ channel)))
+            unit(mix(seed ^ mix((instrument_code << 56) ^ (u64::from(pointing_index) << 8) ^ channel)))
         };
         ExposureRequest {
             instrument: timing.instrument,
@@ -288,7 +421,7 @@ impl<'a> CameraStream<'a> {
             dec: -90.0 + 80.0 * draw(2),
             rotpa: 360.0 * draw(3),
             airmass: 1.0 + 1.0 * draw(4),
-            weather_seed: self.seed,
+            weather_seed: seed,
         }
     }
 
@@ -350,7 +483,15 @@ impl<'a> CameraStream<'a> {
             row_count,
             end_of_segment: last_step,
             end_of_exposure: last_step && last_detector && last_segment,
+            scene: self.scene(&detectors[detector]),
         }
+    }
+
+    fn scene(&self, detector: &Detector) -> Scene {
+        if self.plan.revisits.is_none() {
+            return Scene::default();
+        }
+        self.plan.scene(self.timing.instrument, self.exposure_index, &detector.to_string())
     }
 
     fn buffered_header_event_count(&self) -> usize {
@@ -390,6 +531,19 @@ impl<'a> NightSchedule<'a> {
             return Err(NightPlanError::InvalidFramesPerSegment(plan.frames_per_segment));
         }
         check_count("visit_count", plan.visit_count)?;
+        if let Some(revisits) = plan.revisits {
+            let flux = revisits.transient_flux_adu;
+            if !(flux.is_finite() && (0.0..=STAR_FLUX_MAX_ADU).contains(&flux)) {
+                return Err(NightPlanError::InvalidRevisits { field: "transient_flux_adu", value: flux });
+            }
+            let fraction = revisits.transient_detector_fraction;
+            if !(0.0..=1.0).contains(&fraction) {
+                return Err(NightPlanError::InvalidRevisits {
+                    field: "transient_detector_fraction",
+                    value: fraction,
+                });
+            }
+        }
         let lsstcam_timing = Timing {
             instrument: Instrument::LsstCam,
             first_start_unix_ns: plan.start_unix_ns,
@@ -426,8 +580,8 @@ impl<'a> NightSchedule<'a> {
         };
         Ok(NightSchedule {
             header_service: HeaderService::new(),
-            lsstcam: CameraStream::new(lsstcam_timing, lsstcam, plan.seed),
-            latiss: CameraStream::new(latiss_timing, latiss, plan.seed),
+            lsstcam: CameraStream::new(lsstcam_timing, lsstcam, plan),
+            latiss: CameraStream::new(latiss_timing, latiss, plan),
         })
     }
 
@@ -679,6 +833,141 @@ mod tests {
         assert_eq!(first, second);
     }
 
+    fn pointing(event: &TimedEvent) -> Option<(u32, [f64; 4])> {
+        header(event).filter(|h| h.kind == EventKind::StartIntegration).map(|h| {
+            let m = &h.metadata;
+            (m.seqnum, [m.ra, m.dec, m.rotpa, m.airmass])
+        })
+    }
+
+    #[test]
+    fn the_baseline_has_no_revisits_and_default_scenes() {
+        let (lsstcam, latiss) = (r22(), Focalplane::latiss());
+        let mut plan = NightPlan::baseline(START_UNIX_NS, 4, 5);
+        assert_eq!(plan.revisits, None);
+        plan.frames_per_segment = 1;
+        let events: Vec<TimedEvent> = NightSchedule::new(plan, &lsstcam, &latiss).unwrap().collect();
+        for event in &events {
+            if let Event::Frame { scene, .. } = &event.event {
+                assert_eq!(*scene, Scene::default());
+            }
+        }
+        let pointings: Vec<[f64; 4]> = events.iter().filter_map(pointing).map(|(_, p)| p).collect();
+        assert_eq!(pointings.len(), 4);
+        for pair in pointings.windows(2) {
+            assert_ne!(pair[0], pair[1], "without revisits every visit points elsewhere");
+        }
+        assert_eq!(plan.field_id(Instrument::LsstCam, 0), None);
+        assert_eq!(plan.scene(Instrument::LsstCam, 1, "R22_S11"), Scene::default());
+        assert!(plan.transient_sites(1, Instrument::LsstCam, 1, &lsstcam).is_empty());
+    }
+
+    #[test]
+    fn revisit_pairs_share_field_and_pointing_and_the_second_visit_has_the_transient() {
+        let (lsstcam, latiss) = (r22(), Focalplane::latiss());
+        let baseline = NightPlan { frames_per_segment: 1, ..NightPlan::baseline(START_UNIX_NS, 5, 5) };
+        let revisits = RevisitPlan::everywhere(40_000.0);
+        let plan = NightPlan {
+            revisits: Some(revisits),
+            latiss: Some(LatissPlan { exposure_seconds: 10.0, cadence_seconds: 20.0, count: 3 }),
+            ..baseline
+        };
+        let events: Vec<TimedEvent> = NightSchedule::new(plan, &lsstcam, &latiss).unwrap().collect();
+        let lsstcam_pointings: Vec<[f64; 4]> = events
+            .iter()
+            .filter(|event| event.instrument == Instrument::LsstCam)
+            .filter_map(pointing)
+            .map(|(_, p)| p)
+            .collect();
+        assert_eq!(lsstcam_pointings.len(), 5);
+        assert_eq!(lsstcam_pointings[0], lsstcam_pointings[1]);
+        assert_eq!(lsstcam_pointings[2], lsstcam_pointings[3]);
+        assert_ne!(lsstcam_pointings[1], lsstcam_pointings[2]);
+        assert_ne!(lsstcam_pointings[3], lsstcam_pointings[4]);
+        // The first visit of each pair points where the baseline's visit does.
+        let baseline_pointings: Vec<[f64; 4]> = NightSchedule::new(baseline, &lsstcam, &latiss)
+            .unwrap()
+            .filter_map(|event| pointing(&event))
+            .map(|(_, p)| p)
+            .collect();
+        assert_eq!(lsstcam_pointings[0], baseline_pointings[0]);
+        assert_eq!(lsstcam_pointings[2], baseline_pointings[2]);
+
+        let mut exposure_index: HashMap<Instrument, u32> = HashMap::new();
+        let mut fields: Vec<Option<u64>> = vec![None; 5];
+        let mut frames_with_transient = [0usize; 5];
+        for event in &events {
+            match &event.event {
+                Event::Header(h) if h.kind == EventKind::StartIntegration => {
+                    exposure_index.insert(event.instrument, h.metadata.seqnum - 1);
+                }
+                Event::Header(_) => {}
+                Event::Frame { detector, scene, .. } => {
+                    let index = exposure_index[&event.instrument];
+                    let name = lsstcam.detectors()[*detector].to_string();
+                    if event.instrument == Instrument::Latiss {
+                        assert_eq!(*scene, Scene::default(), "LATISS is never paired");
+                        continue;
+                    }
+                    assert_eq!(
+                        *scene,
+                        plan.scene(Instrument::LsstCam, index, &name),
+                        "scene not from the plan"
+                    );
+                    assert!(scene.field_id.is_some());
+                    let field = fields[index as usize].get_or_insert(scene.field_id.unwrap());
+                    assert_eq!(Some(*field), scene.field_id, "one field per exposure");
+                    assert_eq!(scene.transient.is_some(), index % 2 == 1);
+                    if let Some(transient) = scene.transient {
+                        assert_eq!(transient.flux_adu, 40_000.0);
+                        frames_with_transient[index as usize] += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(fields[0], fields[1]);
+        assert_eq!(fields[2], fields[3]);
+        assert_ne!(fields[1], fields[2]);
+        assert_ne!(fields[3], fields[4]);
+        assert_eq!(frames_with_transient, [0, 144, 0, 144, 0]);
+        let sites = plan.transient_sites(9, Instrument::LsstCam, 1, &lsstcam);
+        assert_eq!(sites.len(), 144);
+        assert!(plan.transient_sites(9, Instrument::LsstCam, 0, &lsstcam).is_empty());
+        assert!(plan.transient_sites(9, Instrument::Latiss, 1, &latiss).is_empty());
+        let first = &sites[0];
+        let detector = &lsstcam.detectors()[first.detector];
+        assert_eq!(first.detector_name, detector.to_string());
+        let site =
+            transient_site(9, fields[1].unwrap(), &first.detector_name, first.segment, detector.vendor());
+        assert_eq!((first.row, first.column, first.flux_adu), (site.row, site.column, 40_000.0));
+    }
+
+    #[test]
+    fn the_transient_detector_fraction_chooses_about_that_many_detectors() {
+        let focalplane = Focalplane::lsstcam();
+        let detectors = focalplane.detectors().len();
+        let chosen = |fraction: f64, pair: u32| {
+            let revisits = RevisitPlan { transient_flux_adu: 1000.0, transient_detector_fraction: fraction };
+            let plan = NightPlan { revisits: Some(revisits), ..NightPlan::baseline(START_UNIX_NS, 10, 3) };
+            focalplane
+                .detectors()
+                .iter()
+                .filter(|d| plan.scene(Instrument::LsstCam, 2 * pair + 1, &d.to_string()).transient.is_some())
+                .count()
+        };
+        assert_eq!(chosen(1.0, 0), detectors);
+        assert_eq!(chosen(0.0, 0), 0);
+        for pair in 0..3 {
+            let half = chosen(0.5, pair);
+            assert!((detectors / 2 - 25..=detectors / 2 + 25).contains(&half), "{half} of {detectors}");
+        }
+        let none = NightPlan {
+            revisits: Some(RevisitPlan::everywhere(0.0)),
+            ..NightPlan::baseline(START_UNIX_NS, 2, 3)
+        };
+        assert_eq!(none.scene(Instrument::LsstCam, 1, "R22_S11").transient, None);
+    }
+
     #[test]
     fn invalid_plans_are_refused() {
         let (lsstcam, latiss) = (r22(), Focalplane::latiss());
@@ -698,6 +987,19 @@ mod tests {
             refuse(NightPlan { latiss: Some(latiss_plan), ..base }),
             NightPlanError::LatissCadenceTooShort { .. }
         ));
+        for (flux, fraction, field) in [
+            (-1.0, 1.0, "transient_flux_adu"),
+            (f64::INFINITY, 1.0, "transient_flux_adu"),
+            (1.0e9, 1.0, "transient_flux_adu"),
+            (100.0, 1.5, "transient_detector_fraction"),
+            (100.0, f64::NAN, "transient_detector_fraction"),
+        ] {
+            let revisits = RevisitPlan { transient_flux_adu: flux, transient_detector_fraction: fraction };
+            assert!(matches!(
+                refuse(NightPlan { revisits: Some(revisits), ..base }),
+                NightPlanError::InvalidRevisits { field: refused, .. } if refused == field
+            ));
+        }
         let swapped = NightSchedule::new(base, &latiss, &lsstcam).unwrap_err();
         assert_eq!(
             swapped,

@@ -18,6 +18,10 @@
 //!   multiple of 4096 bytes, with no file header. It can be read back with [`ReplayFileReader`],
 //!   written to a socket unchanged, or written with `O_DIRECT` unchanged.
 //! - **Senders do not check frames**: [`crate::faults`] sends malformed ones on purpose.
+//! - **Metadata travels the same way, on a connection of its own.** A metadata message
+//!   ([`crate::metadata`]) is just bytes, so the same [`FrameSink`]s send it (the driver's
+//!   `metadata` sink); [`crate::metadata::MetadataReader`] reads such a stream (or file) back one
+//!   message at a time. Frames and metadata are never mixed on one connection.
 //! - **The reader does not resynchronise.** [`FrameReader`] reads one frame at a time and checks
 //!   its header; on a bad header or an end of stream inside a frame it returns an error naming
 //!   the byte offset and then refuses to read further. The ingest decides what to do (drop the
@@ -31,8 +35,9 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 
 use crate::frame::{FrameError, FrameHeader, FRAME_HEADER_BLOCK_BYTES};
+use dma_ingest::protocol::read_until_full_or_end;
 
-/// Where a sender puts whole frames.
+/// Where a sender puts whole frames (or whole metadata messages, on a metadata connection).
 pub trait FrameSink {
     /// Sends one frame (any bytes: the sender does not check them). Blocks until every byte has
     /// been handed to the operating system, so a slow receiver slows the sender down
@@ -292,25 +297,9 @@ impl<R: Read> FrameReader<R> {
         buffer: &mut [u8],
         frame_offset_bytes: u64,
     ) -> Result<usize, ReadFrameError> {
-        let mut filled_bytes = 0;
-        while filled_bytes < buffer.len() {
-            match self.inner.read(&mut buffer[filled_bytes..]) {
-                Ok(0) => break,
-                Ok(read_bytes) => {
-                    filled_bytes += read_bytes;
-                    self.offset_bytes += read_bytes as u64;
-                }
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-                Err(source) => {
-                    return Err(ReadFrameError::Io {
-                        frame_offset_bytes,
-                        offset_bytes: self.offset_bytes,
-                        source,
-                    })
-                }
-            }
-        }
-        Ok(filled_bytes)
+        read_until_full_or_end(&mut self.inner, buffer, &mut self.offset_bytes).map_err(|source| {
+            ReadFrameError::Io { frame_offset_bytes, offset_bytes: self.offset_bytes, source }
+        })
     }
 }
 
