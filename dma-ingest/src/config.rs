@@ -16,6 +16,9 @@ use crate::protocol::geometry::SEGMENT_SIZE_BYTES;
 /// Largest frame the default pool accepts: one whole segment (4096 + 4,718,592 bytes).
 pub const WHOLE_SEGMENT_FRAME_BYTES: usize = frame_length_bytes(SEGMENT_SIZE_BYTES);
 
+/// The endpoint syntaxes, for error messages.
+const ENDPOINT_FORMS: &str = "unix:PATH, tcp:HOST:PORT, file:PATH or device:PATH";
+
 /// Where a stream's bytes come from. The ingest listens; the camera DAQ (or `hw-sim`) connects.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
@@ -36,7 +39,7 @@ impl FromStr for Endpoint {
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let (scheme, rest) = text
             .split_once(':')
-            .ok_or_else(|| format!("endpoint {text:?} has no scheme; expected unix:PATH, tcp:HOST:PORT, file:PATH or device:PATH"))?;
+            .ok_or_else(|| format!("endpoint {text:?} has no scheme; expected {ENDPOINT_FORMS}"))?;
         if rest.is_empty() {
             return Err(format!("endpoint {text:?} names no path or address after {scheme:?}"));
         }

@@ -23,6 +23,10 @@ use crate::config::IngestOptions;
 use crate::protocol::frame::{FrameError, FrameHeader, FRAME_HEADER_BLOCK_BYTES};
 use crate::protocol::geometry::Focalplane;
 
+/// Logged when shutdown finds a frame still waiting for ring space.
+pub(crate) const NOT_WRITTEN_AT_SHUTDOWN: &str =
+    "frame not written: shutting down while the ring is full (the sender still holds it)";
+
 /// Why a frame or message was refused; each has its own counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RejectKind {

@@ -97,7 +97,8 @@ pub(crate) fn run(
                             IngestCounters::add(&observer.counters.connections_total, 1);
                             if open.load(Ordering::Relaxed) >= options.max_connections {
                                 IngestCounters::add(&observer.counters.connections_refused_total, 1);
-                                tracing::warn!(stream = %options.stream, connection = %name, max = options.max_connections, "connection refused: too many open");
+                                let (stream, max) = (&options.stream, options.max_connections);
+                                tracing::warn!(%stream, %name, max, "connection refused: too many open");
                                 continue;
                             }
                             open.fetch_add(1, Ordering::Relaxed);
@@ -349,26 +350,38 @@ impl Writer {
                 }
                 let _ = self.free.try_send(buffer);
             }
-            Item::Metadata(item) => {
-                IngestCounters::add(&core.counters().metadata_bytes_copied_total, item.record.len() as u64);
-                match core.ring.append_copy(RecordKind::Metadata, 0, &item.record) {
-                    Ok(appended) => {
-                        self.unsynced_bytes += item.record.len() as u64;
-                        self.unsynced_metadata.push((item.exposure_id, item.kind, appended.sequence));
-                    }
-                    Err(error @ (RingError::Rejected { .. } | RingError::WouldBlock { .. })) => {
-                        core.reject(
-                            RejectKind::RingFull,
-                            &item.connection,
-                            None,
-                            format!("metadata of exposure {}: {error}", item.exposure_id),
-                        );
-                    }
-                    Err(error) => return Err(core.fail(&error)),
-                }
-            }
+            Item::Metadata(item) => self.append_metadata(core, item, shutdown)?,
         }
         Ok(())
+    }
+
+    fn append_metadata(
+        &mut self,
+        core: &mut StreamCore,
+        item: MetadataItem,
+        shutdown: &AtomicBool,
+    ) -> Result<(), String> {
+        IngestCounters::add(&core.counters().metadata_bytes_copied_total, item.record.len() as u64);
+        loop {
+            match core.ring.append_copy(RecordKind::Metadata, 0, &item.record) {
+                Ok(appended) => {
+                    self.unsynced_bytes += item.record.len() as u64;
+                    self.unsynced_metadata.push((item.exposure_id, item.kind, appended.sequence));
+                    return Ok(());
+                }
+                Err(RingError::WouldBlock { needed_bytes, .. }) if !shutdown.load(Ordering::Relaxed) => {
+                    self.commit(core)?;
+                    IngestCounters::add(&core.counters().ring_full_waits_total, 1);
+                    core.ring.wait_for_space(needed_bytes, core.options.full_retry_interval);
+                }
+                Err(error @ (RingError::Rejected { .. } | RingError::WouldBlock { .. })) => {
+                    let detail = format!("metadata of exposure {}: {error}", item.exposure_id);
+                    core.reject(RejectKind::RingFull, &item.connection, None, detail);
+                    return Ok(());
+                }
+                Err(error) => return Err(core.fail(&error)),
+            }
+        }
     }
 
     fn append_frame(
@@ -396,7 +409,8 @@ impl Writer {
                     IngestCounters::add(&core.counters().ring_full_waits_total, 1);
                     if shutdown.load(Ordering::Relaxed) {
                         core.abandon(admitted);
-                        tracing::warn!(connection, exposure_id = header.exposure_id.get(), "frame not written: shutting down while the ring is full (the sender still holds it)");
+                        let exposure_id = header.exposure_id.get();
+                        tracing::warn!(connection, exposure_id, "{}", crate::core::NOT_WRITTEN_AT_SHUTDOWN);
                         return Ok(());
                     }
                     core.ring.wait_for_space(needed_bytes, core.options.full_retry_interval);

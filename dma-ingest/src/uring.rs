@@ -220,6 +220,8 @@ struct Loop {
     parked: VecDeque<usize>,
     /// Confirmed writes not yet covered by a sync: (admitted frame or metadata, bytes, sequence).
     confirmed: Vec<Confirmed>,
+    /// A metadata record waiting for ring space (policy `block`).
+    waiting_metadata: Option<MetadataItem>,
     /// The sync in flight and the writes it covers.
     sync_in_flight: Option<(SyncTicket, Vec<Confirmed>)>,
     in_flight: usize,
@@ -285,6 +287,7 @@ pub(crate) fn run(
         write_order: VecDeque::new(),
         parked: VecDeque::new(),
         confirmed: Vec::new(),
+        waiting_metadata: None,
         sync_in_flight: None,
         in_flight: 0,
         fixed_file,
@@ -322,12 +325,18 @@ impl Loop {
             } else {
                 self.stop_reading();
             }
-            if let Some(metadata) = metadata {
-                while self.free_slot().is_some() {
-                    match metadata.try_recv() {
-                        Ok(item) => self.write_metadata(item),
-                        Err(_) => break,
-                    }
+            // Metadata waiting for ring space first, then new messages, in arrival order.
+            while self.free_slot().is_some() {
+                let item = match self.waiting_metadata.take() {
+                    Some(item) => item,
+                    None => match metadata.map(Receiver::try_recv) {
+                        Some(Ok(item)) => item,
+                        _ => break,
+                    },
+                };
+                if let Some(item) = self.write_metadata(item, stopping) {
+                    self.waiting_metadata = Some(item);
+                    break;
                 }
             }
             self.retry_parked(stopping);
@@ -337,6 +346,7 @@ impl Loop {
             if (stopping || (self.once && accepted_once && idle_connections))
                 && self.in_flight == 0
                 && self.parked.is_empty()
+                && self.waiting_metadata.is_none()
                 && self.confirmed.is_empty()
             {
                 return Ok(());
@@ -361,10 +371,12 @@ impl Loop {
                     IngestCounters::add(&self.core.counters().connections_total, 1);
                     let Some(index) = self.connections.iter().position(Option::is_none) else {
                         IngestCounters::add(&self.core.counters().connections_refused_total, 1);
-                        tracing::warn!(stream = %self.core.options.stream, connection = %name, "connection refused: too many open");
+                        let stream = &self.core.options.stream;
+                        tracing::warn!(%stream, connection = %name, "connection refused: too many open");
                         continue;
                     };
-                    tracing::info!(stream = %self.core.options.stream, connection = %name, "frame connection opened");
+                    let stream = &self.core.options.stream;
+                    tracing::info!(%stream, connection = %name, "frame connection opened");
                     self.connections[index] = Some(Connection {
                         state: ConnectionState::new(name),
                         fd,
@@ -452,8 +464,12 @@ impl Loop {
     fn wait_and_complete(&mut self, timeout: Duration) -> Result<(), String> {
         let timespec = types::Timespec::from(timeout);
         let args = types::SubmitArgs::new().timespec(&timespec);
-        let want = usize::from(self.in_flight > 0);
-        match self.uring.submitter().submit_with_args(want, &args) {
+        if self.in_flight == 0 {
+            // Nothing can complete: io_uring_enter would return at once. Sleep instead of spinning.
+            std::thread::sleep(timeout);
+            return Ok(());
+        }
+        match self.uring.submitter().submit_with_args(1, &args) {
             Ok(_) => {}
             Err(error)
                 if error.raw_os_error() == Some(libc::ETIME)
@@ -614,7 +630,8 @@ impl Loop {
                         // Shutting down with a full ring: these frames were never acknowledged.
                         self.parked.pop_front();
                         self.core.abandon(admitted);
-                        tracing::warn!(exposure_id = header.exposure_id.get(), "frame not written: shutting down while the ring is full (the sender still holds it)");
+                        let exposure_id = header.exposure_id.get();
+                        tracing::warn!(exposure_id, "{}", crate::core::NOT_WRITTEN_AT_SHUTDOWN);
                         continue;
                     }
                     self.slots[slot] = Slot::Parked { connection, header, admitted, record_crc };
@@ -642,17 +659,15 @@ impl Loop {
             .map_or_else(|| format!("connection slot {index}"), |connection| connection.state.name.clone())
     }
 
-    fn write_metadata(&mut self, item: MetadataItem) {
-        let Some(slot) = self.free_slot() else { return };
+    /// Writes a metadata record; gives the item back when it must wait for ring space (policy
+    /// `block`), so it is retried before any newer message.
+    fn write_metadata(&mut self, item: MetadataItem, stopping: bool) -> Option<MetadataItem> {
+        let slot = self.free_slot()?;
         let length = item.record.len();
         if length > self.core.options.max_frame_bytes {
-            self.core.reject(
-                RejectKind::TooLarge,
-                &item.connection,
-                None,
-                format!("metadata record of {length} bytes"),
-            );
-            return;
+            let detail = format!("metadata record of {length} bytes");
+            self.core.reject(RejectKind::TooLarge, &item.connection, None, detail);
+            return None;
         }
         let crc = crc32fast::hash(&item.record);
         match self.core.ring.plan_append(RecordKind::Metadata, 0, length, crc) {
@@ -664,20 +679,25 @@ impl Loop {
                 IngestCounters::add(&self.core.counters().metadata_bytes_copied_total, length as u64);
                 self.announce_durable();
                 self.write_planned(slot, planned, padded, None, Some((item.exposure_id, item.kind)));
+                None
+            }
+            Err(RingError::WouldBlock { .. } | RingError::SyncRequired { .. }) if !stopping => {
+                IngestCounters::add(&self.core.counters().ring_full_waits_total, 1);
+                Some(item)
             }
             Err(
                 error @ (RingError::WouldBlock { .. }
                 | RingError::Rejected { .. }
                 | RingError::SyncRequired { .. }),
             ) => {
-                self.core.reject(
-                    RejectKind::RingFull,
-                    &item.connection,
-                    None,
-                    format!("metadata of exposure {}: {error}", item.exposure_id),
-                );
+                let detail = format!("metadata of exposure {}: {error}", item.exposure_id);
+                self.core.reject(RejectKind::RingFull, &item.connection, None, detail);
+                None
             }
-            Err(error) => self.failed = Some(self.core.fail(&error)),
+            Err(error) => {
+                self.failed = Some(self.core.fail(&error));
+                None
+            }
         }
     }
 
@@ -862,7 +882,11 @@ impl Loop {
         self.stop_reading();
         while self.in_flight > 0 {
             if let Err(error) = self.wait_and_complete(Duration::from_millis(50)) {
-                tracing::error!(%error, "io_uring wait failed while draining; leaking the buffers rather than freeing memory the kernel may still use");
+                tracing::error!(
+                    %error,
+                    "io_uring wait failed while draining; leaking the buffers rather than freeing memory \
+                     the kernel may still use"
+                );
                 std::mem::forget(std::mem::take(&mut self.buffers));
                 return;
             }
