@@ -33,9 +33,11 @@
 //! - [`stats`]: counters, events, [`RingStats`], `verify`.
 //! - [`sim`]: the storage fault layer for tests and simulation.
 //! - [`clock`], [`aligned`], [`error`]: small supporting pieces.
+//! - [`bench`]: helpers shared by the benchmarks (fio, medians, procfs figures).
 #![forbid(unsafe_code)]
 
 pub mod aligned;
+pub mod bench;
 pub mod clock;
 pub mod config;
 pub mod error;

@@ -361,6 +361,43 @@ impl Reader {
         true
     }
 
+    /// Reads again a record this reader (or any reader of this ring) returned before, by its
+    /// [`RecordInfo`]: random access for a consumer that indexes records on a first pass and
+    /// assembles them later (the drain builds one detector file from frames interleaved with other
+    /// detectors'). The record is validated again (both CRCs, position, sequence).
+    ///
+    /// Fails with [`Error::Cursor`] when the record is no longer in the ring (its space was
+    /// reclaimed: only behind the slowest required cursor, so never for records a required
+    /// cursor has not committed past) or is not a valid record with that sequence any more.
+    pub fn fetch(&mut self, info: &RecordInfo) -> Result<Record<'_>> {
+        let shared = Arc::clone(&self.shared);
+        let (durable, tail) = {
+            let state = shared.state();
+            (state.durable, state.tail)
+        };
+        let gone = |reason: String| Error::Cursor { name: self.name.clone(), reason };
+        if info.position.offset < tail.offset || info.end.offset > durable.offset {
+            return Err(gone(format!(
+                "record {} at logical offset {} is not in the ring's durable range ({}..{})",
+                info.sequence, info.position.offset, tail.offset, durable.offset
+            )));
+        }
+        match self.scanner.step(&shared, info.position, 0, durable.offset, Some(durable))? {
+            ScanStep::Valid { header, next }
+                if header.sequence.get() == info.sequence
+                    && next == info.end
+                    && shared.state().tail.offset <= info.position.offset =>
+            {
+                let payload_length = header.payload_length.get() as usize;
+                Ok(Record { info: *info, payload: &self.scanner.payload.as_slice()[..payload_length] })
+            }
+            _ => Err(gone(format!(
+                "record {} at logical offset {} no longer reads back valid",
+                info.sequence, info.position.offset
+            ))),
+        }
+    }
+
     /// Waits until a durable record past the reader's position exists (tail -f), or `timeout`
     /// passes. Returns whether one does.
     pub fn wait_for_data(&self, timeout: Duration) -> bool {
