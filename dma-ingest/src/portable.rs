@@ -60,7 +60,6 @@ pub(crate) fn run(
     // Forward metadata into the writer's queue so it is written in arrival order with frames.
     let metadata_forwarder = metadata.map(|metadata| {
         let items_tx = items_tx.clone();
-        let stop = Arc::clone(&readers_stop);
         thread::Builder::new()
             .name(format!("{}-metadata-fwd", options.stream))
             .spawn(move || loop {
@@ -70,8 +69,10 @@ pub(crate) fn run(
                             return;
                         }
                     }
-                    Err(RecvTimeoutError::Timeout) if !stop.load(Ordering::Relaxed) => {}
-                    Err(_) => return,
+                    // Ends when the metadata thread has ended (shutdown or end of file), so
+                    // messages it already received are never dropped.
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => return,
                 }
             })
             .expect("spawn the metadata forwarder")

@@ -28,7 +28,7 @@ use std::net::TcpListener;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -315,6 +315,9 @@ impl Loop {
     ) -> Result<(), String> {
         let mut last_stats = Instant::now();
         let mut accepted_once = false;
+        // Until the metadata thread has ended (it stops at shutdown or at the end of a file),
+        // messages it already received may still arrive: the loop ends only after them.
+        let mut metadata_done = metadata.is_none();
         loop {
             if self.failed.is_some() {
                 return Ok(());
@@ -331,6 +334,10 @@ impl Loop {
                     Some(item) => item,
                     None => match metadata.map(Receiver::try_recv) {
                         Some(Ok(item)) => item,
+                        Some(Err(TryRecvError::Disconnected)) => {
+                            metadata_done = true;
+                            break;
+                        }
                         _ => break,
                     },
                 };
@@ -347,6 +354,7 @@ impl Loop {
                 && self.in_flight == 0
                 && self.parked.is_empty()
                 && self.waiting_metadata.is_none()
+                && metadata_done
                 && self.confirmed.is_empty()
             {
                 return Ok(());
