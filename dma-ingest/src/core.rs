@@ -298,9 +298,8 @@ impl StreamCore {
         header: &FrameHeader,
     ) -> Option<Admitted> {
         let sequence = header.frame_sequence.get();
-        if sequence <= connection.last_frame_sequence {
-            IngestCounters::add(&self.counters().frames_out_of_order_total, 1);
-        }
+        // Counted only if admitted: a refused duplicate is not a reordered frame.
+        let backwards = sequence <= connection.last_frame_sequence;
         connection.last_frame_sequence = connection.last_frame_sequence.max(sequence);
         let now_ns = self.clock.now_ns();
         let mut pending = std::mem::take(&mut self.pending_events);
@@ -309,6 +308,9 @@ impl StreamCore {
         self.flush_completeness();
         match result {
             Ok(admitted) => {
+                if backwards {
+                    IngestCounters::add(&self.counters().frames_out_of_order_total, 1);
+                }
                 if admitted.is_late() {
                     IngestCounters::add(&self.counters().frames_late_total, 1);
                 }
