@@ -1,0 +1,560 @@
+//! The drain: reads a stream's ring from its persisted `drain` cursor, assembles one raw FITS
+//! file per detector per exposure, uploads each to the base object store, and advances the
+//! cursor, durably, only after the base confirmed every file of the exposures behind it.
+//!
+//! # How
+//!
+//! The ring holds an exposure's frames interleaved (all segments are read out in parallel) with
+//! its two header-service records. The drain reads records in order and keeps a small index per
+//! open exposure: for every detector and segment, the frames (their [`RecordInfo`], rows and the
+//! FITS ones'-complement sum of their pixels, computed once as they pass). An exposure is ready
+//! when every segment of every detector has all its rows and its `EndReadout` metadata arrived;
+//! it is drained *incomplete* (`INCOMPL = T`, missing segments zero-filled, see
+//! [`crate::fits`]) when nothing arrived for it for `incomplete_timeout`, or when more exposures
+//! are open than the index holds. Files are written detector by detector (wavefront sensors, then
+//! science CCDs, then guiders, the observatory's ingest priority) by fetching the frames again
+//! from the ring ([`Reader::fetch`]) into one reused file buffer.
+//!
+//! # Exactly once, resumable
+//!
+//! Keys are deterministic (`raw/{instrument}/{dayobs}/{obsid}/{filename}`) and so are the bytes
+//! (the ring's frames plus its metadata records), so a resend after a crash or a cut writes the
+//! same bytes to the same key. Before uploading, the drain looks for the object: one already
+//! there with the same size and CRC32 is counted as confirmed and not sent again. An object that
+//! exists with *different* bytes is never overwritten: the file goes to `{key}.conflict-{crc32}`
+//! and the conflict is logged as an error and counted, for an operator to resolve. After an
+//! upload the object is verified: by its ETag where the store computes an MD5 of what it received
+//! (S3 single-part), otherwise by reading it back and comparing CRC32s. Only when every file of
+//! an exposure is confirmed does the cursor move, to the first record of the oldest exposure
+//! still open: records of exposures not yet confirmed are never released. A failure (link down,
+//! store error) is retried with exponential backoff; the cursor never moves on a failure.
+//!
+//! # Bounded
+//!
+//! At most `max_open_exposures` exposures are indexed; one file buffer (the largest detector
+//! file, about 75.5 MB) is reused; the ring reader's buffers are fixed at open.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use ringbuffer::{Clock, Reader, RecordInfo, RecordKind};
+
+use dma_ingest::completeness::{detector_index_from_wire, segment_index_from_wire};
+use dma_ingest::protocol::frame::{FrameHeader, FRAME_HEADER_BLOCK_BYTES};
+use dma_ingest::protocol::geometry::{DetectorKind, Focalplane, SEGMENT_ROWS};
+use dma_ingest::protocol::metadata::{MetadataEvent, MetadataKind};
+
+use crate::fits::{combine, ones_complement_sum, RawFile, SegmentSource, WriteOptions};
+
+/// How the drain runs.
+#[derive(Debug, Clone)]
+pub struct DrainOptions {
+    /// An exposure with nothing new for this long is drained incomplete.
+    pub incomplete_timeout: Duration,
+    /// Exposures indexed at once; opening one more drains the oldest (incomplete if it is).
+    pub max_open_exposures: usize,
+    /// First retry delay after a failed upload; doubles up to `retry_max`.
+    pub retry_initial: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+}
+
+impl Default for DrainOptions {
+    fn default() -> Self {
+        DrainOptions {
+            incomplete_timeout: Duration::from_secs(120),
+            max_open_exposures: 4,
+            retry_initial: Duration::from_millis(200),
+            retry_max: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Counters and controls shared with the console.
+#[derive(Debug, Default)]
+pub struct DrainControl {
+    /// Pause uploads (the ring keeps filling; nothing is lost).
+    pub paused: AtomicBool,
+    /// Largest upload rate in bytes per second; 0 = unlimited.
+    pub rate_limit_bytes_per_second: AtomicU64,
+    /// Files confirmed at the base (uploaded and verified, or found there identical).
+    pub objects_confirmed_total: AtomicU64,
+    /// Of those, files found already at the base (resumed after a crash or cut).
+    pub objects_already_present_total: AtomicU64,
+    /// Bytes uploaded and verified.
+    pub bytes_uploaded_total: AtomicU64,
+    /// Upload or verification attempts that failed (each retried).
+    pub upload_failures_total: AtomicU64,
+    /// Objects found at the base with different bytes (written to a `.conflict-` key instead).
+    pub conflicts_total: AtomicU64,
+    /// Exposures whose files are all confirmed.
+    pub exposures_drained_total: AtomicU64,
+    /// Of those, drained incomplete.
+    pub exposures_incomplete_total: AtomicU64,
+    /// Ring records that could not be used (undecodable frame or metadata), logged.
+    pub records_unusable_total: AtomicU64,
+}
+
+impl DrainControl {
+    fn add(counter: &AtomicU64, amount: u64) {
+        counter.fetch_add(amount, Ordering::Relaxed);
+    }
+}
+
+/// Why the drain stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DrainError {
+    /// The ring failed (read error, cursor persistence).
+    #[error("ring: {0}")]
+    Ring(#[from] ringbuffer::Error),
+    /// A file could not be assembled.
+    #[error("assembling {key}: {detail}")]
+    Assemble {
+        /// The object key.
+        key: String,
+        /// Why.
+        detail: String,
+    },
+}
+
+/// One frame of an open exposure.
+#[derive(Debug, Clone, Copy)]
+struct FrameRef {
+    info: RecordInfo,
+    first_row: u16,
+    row_count: u16,
+    sum: u32,
+}
+
+/// What the drain knows of one open exposure.
+#[derive(Debug)]
+struct OpenExposure {
+    exposure_id: u64,
+    /// Where its first record starts: the cursor may not pass it until it is drained.
+    first_position: ringbuffer::Position,
+    /// `frames[detector][segment]`.
+    frames: Vec<Vec<Vec<FrameRef>>>,
+    start: Option<MetadataEvent>,
+    end: Option<MetadataEvent>,
+    last_seen_ns: u64,
+}
+
+impl OpenExposure {
+    fn rows(&self, detector: usize, segment: usize) -> u32 {
+        self.frames[detector][segment].iter().map(|frame| u32::from(frame.row_count)).sum()
+    }
+
+    fn is_complete(&self, focalplane: &Focalplane) -> bool {
+        self.end.is_some()
+            && focalplane.detectors().iter().enumerate().all(|(detector, geometry)| {
+                (0..geometry.segment_count()).all(|segment| self.rows(detector, segment) == SEGMENT_ROWS)
+            })
+    }
+}
+
+/// Reads a stream's ring and drains it to the base. Drive it with [`Drainer::step`].
+pub struct Drainer {
+    reader: Reader,
+    store: Arc<dyn ObjectStore>,
+    verify_by_etag: bool,
+    runtime: tokio::runtime::Runtime,
+    focalplane: Focalplane,
+    clock: Arc<dyn Clock>,
+    options: DrainOptions,
+    control: Arc<DrainControl>,
+    open: Vec<OpenExposure>,
+    file: Vec<u8>,
+}
+
+/// What one [`Drainer::step`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepOutcome {
+    /// An exposure's files were confirmed and the cursor moved.
+    Drained {
+        /// The exposure.
+        exposure_id: u64,
+        /// Files confirmed.
+        files: usize,
+        /// Drained with missing segments.
+        incomplete: bool,
+    },
+    /// Nothing to do now (caught up, or waiting for an exposure to complete).
+    Idle,
+    /// Paused by the operator.
+    Paused,
+}
+
+impl Drainer {
+    /// A drainer reading `reader` (the ring's `drain` cursor) for the detectors of `focalplane`
+    /// and uploading to `store`. `verify_by_etag`: the store returns the MD5 of a single-part
+    /// upload as its ETag (S3); otherwise uploads are verified by reading them back.
+    pub fn new(
+        reader: Reader,
+        store: Arc<dyn ObjectStore>,
+        verify_by_etag: bool,
+        focalplane: Focalplane,
+        clock: Arc<dyn Clock>,
+        options: DrainOptions,
+    ) -> io::Result<Drainer> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        Ok(Drainer {
+            reader,
+            store,
+            verify_by_etag,
+            runtime,
+            focalplane,
+            clock,
+            options,
+            control: Arc::new(DrainControl::default()),
+            open: Vec::new(),
+            file: Vec::new(),
+        })
+    }
+
+    /// Counters and controls (pause, rate limit).
+    pub fn control(&self) -> &Arc<DrainControl> {
+        &self.control
+    }
+
+    /// Exposures indexed and not yet drained.
+    pub fn open_exposures(&self) -> Vec<u64> {
+        self.open.iter().map(|exposure| exposure.exposure_id).collect()
+    }
+
+    /// Gives the ring reader back (for a clean shutdown).
+    pub fn into_reader(self) -> Reader {
+        self.reader
+    }
+
+    /// Reads what the ring has, and drains at most one ready exposure. Retries failed uploads
+    /// (with backoff) until they succeed or `stop` is set; returns `Idle` without moving the
+    /// cursor when stopped mid-exposure.
+    pub fn step(&mut self, stop: &AtomicBool) -> Result<StepOutcome, DrainError> {
+        if self.control.paused.load(Ordering::Relaxed) {
+            return Ok(StepOutcome::Paused);
+        }
+        let mut forced = None;
+        // Index what is durable, a bounded batch at a time so a ready exposure is not delayed.
+        for _ in 0..4096 {
+            let Some(record) = self.reader.next_record()? else { break };
+            let info = record.info;
+            match info.kind {
+                RecordKind::Frame => match index_frame(&self.focalplane, record.payload) {
+                    Some((exposure_id, detector, segment, frame)) => {
+                        let at = self.exposure_slot(exposure_id, info.position, &mut forced);
+                        let exposure = &mut self.open[at];
+                        exposure.frames[detector][segment].push(FrameRef { info, ..frame });
+                        exposure.last_seen_ns = self.clock.now_ns();
+                    }
+                    None => self.unusable(&info, "frame that does not decode for this focal plane"),
+                },
+                RecordKind::Metadata => match dma_ingest::metadata_channel::decode_record(record.payload) {
+                    Ok((event, _received_ns)) => {
+                        let at = self.exposure_slot(event.exposure_id, info.position, &mut forced);
+                        let exposure = &mut self.open[at];
+                        exposure.last_seen_ns = self.clock.now_ns();
+                        match event.kind {
+                            MetadataKind::StartIntegration => exposure.start = Some(event),
+                            MetadataKind::EndReadout => exposure.end = Some(event),
+                        }
+                    }
+                    Err(error) => self.unusable(&info, &format!("metadata record: {error}")),
+                },
+                _ => {}
+            }
+            if forced.is_some() {
+                break;
+            }
+        }
+        let now_ns = self.clock.now_ns();
+        let timeout_ns = self.options.incomplete_timeout.as_nanos() as u64;
+        let ready = forced.or_else(|| {
+            self.open.iter().position(|exposure| {
+                exposure.is_complete(&self.focalplane)
+                    || now_ns.saturating_sub(exposure.last_seen_ns) >= timeout_ns
+            })
+        });
+        let Some(index) = ready else {
+            if self.open.is_empty() {
+                // Caught up with nothing open: everything read is drained (or unusable).
+                let position = self.reader.position();
+                self.reader.commit_at(position)?;
+            }
+            return Ok(StepOutcome::Idle);
+        };
+        self.drain_exposure(index, stop)
+    }
+
+    /// The index slot of `exposure_id`, opening it if new; when that exceeds the maximum, the
+    /// oldest open exposure is marked to be drained now.
+    fn exposure_slot(
+        &mut self,
+        exposure_id: u64,
+        position: ringbuffer::Position,
+        forced: &mut Option<usize>,
+    ) -> usize {
+        if let Some(at) = self.open.iter().position(|exposure| exposure.exposure_id == exposure_id) {
+            return at;
+        }
+        let frames = self
+            .focalplane
+            .detectors()
+            .iter()
+            .map(|detector| vec![Vec::new(); detector.segment_count()])
+            .collect();
+        self.open.push(OpenExposure {
+            exposure_id,
+            first_position: position,
+            frames,
+            start: None,
+            end: None,
+            last_seen_ns: self.clock.now_ns(),
+        });
+        if self.open.len() > self.options.max_open_exposures && forced.is_none() {
+            *forced = Some(0);
+        }
+        self.open.len() - 1
+    }
+
+    fn unusable(&self, info: &RecordInfo, what: &str) {
+        DrainControl::add(&self.control.records_unusable_total, 1);
+        tracing::error!(sequence = info.sequence, "drain: skipping an unusable ring record: {what}");
+    }
+
+    fn drain_exposure(&mut self, index: usize, stop: &AtomicBool) -> Result<StepOutcome, DrainError> {
+        let complete = self.open[index].is_complete(&self.focalplane);
+        let exposure_id = self.open[index].exposure_id;
+        let Some(metadata) = self.open[index].end.clone().or_else(|| self.open[index].start.clone()) else {
+            // Without header-service metadata there is no OBSID, DAYOBS or DATE-BEG to write:
+            // the frames stay in the ring (the cursor does not pass them) and an operator is told.
+            tracing::error!(
+                exposure_id,
+                "drain: exposure has frames but no header-service metadata; holding it in the ring"
+            );
+            return Ok(StepOutcome::Idle);
+        };
+        let mut order: Vec<usize> = (0..self.focalplane.detectors().len()).collect();
+        order.sort_by_key(|&detector| match self.focalplane.detectors()[detector].kind() {
+            DetectorKind::WavefrontHalf => 0,
+            DetectorKind::Science => 1,
+            DetectorKind::Guider => 2,
+        });
+        let mut files = 0;
+        for detector in order {
+            let geometry = self.focalplane.detectors()[detector];
+            let raw = RawFile::new(geometry, &metadata).map_err(|error| DrainError::Assemble {
+                key: format!("exposure {exposure_id}"),
+                detail: error.to_string(),
+            })?;
+            let key = raw.object_key().to_owned();
+            let exposure = &self.open[index];
+            let missing: Vec<usize> = (0..geometry.segment_count())
+                .filter(|&segment| exposure.rows(detector, segment) != SEGMENT_ROWS)
+                .collect();
+            if missing.len() == geometry.segment_count() && !complete {
+                // Nothing of this detector arrived: no file (the exposure is marked incomplete).
+                continue;
+            }
+            self.file.clear();
+            let mut source = RingSegments { reader: &mut self.reader, frames: &exposure.frames[detector] };
+            let options = WriteOptions { allow_incomplete: true, verify_datasums: true };
+            raw.write(&mut self.file, &mut source, &options)
+                .map_err(|error| DrainError::Assemble { key: key.clone(), detail: error.to_string() })?;
+            if !self.upload_until_confirmed(&key, stop) {
+                return Ok(StepOutcome::Idle);
+            }
+            files += 1;
+        }
+        let drained = self.open.remove(index);
+        let incomplete = !complete;
+        DrainControl::add(&self.control.exposures_drained_total, 1);
+        if incomplete {
+            DrainControl::add(&self.control.exposures_incomplete_total, 1);
+            tracing::warn!(exposure_id, files, "drain: exposure drained incomplete");
+        } else {
+            tracing::info!(exposure_id, files, "drain: exposure confirmed at the base");
+        }
+        // Release everything before the oldest exposure still open (or everything read).
+        let release = self
+            .open
+            .iter()
+            .map(|exposure| exposure.first_position)
+            .min_by_key(|position| position.offset)
+            .unwrap_or(self.reader.position());
+        if release.offset > drained.first_position.offset || self.open.is_empty() {
+            self.reader.commit_at(release)?;
+        }
+        Ok(StepOutcome::Drained { exposure_id, files, incomplete })
+    }
+
+    /// Uploads `self.file` to `key` and verifies it, retrying with backoff until confirmed;
+    /// `false` if `stop` was set first.
+    fn upload_until_confirmed(&mut self, key: &str, stop: &AtomicBool) -> bool {
+        let mut delay = self.options.retry_initial;
+        loop {
+            match self.upload_once(key) {
+                Ok(()) => return true,
+                Err(error) => {
+                    DrainControl::add(&self.control.upload_failures_total, 1);
+                    tracing::warn!(key, %error, retry_in = ?delay, "drain: upload failed; retrying");
+                }
+            }
+            let deadline = std::time::Instant::now() + delay;
+            while std::time::Instant::now() < deadline {
+                if stop.load(Ordering::Relaxed) {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(20).min(delay));
+            }
+            delay = (delay * 2).min(self.options.retry_max);
+        }
+    }
+
+    fn upload_once(&mut self, key: &str) -> Result<(), String> {
+        let crc = crc32fast::hash(&self.file);
+        let length = self.file.len() as u64;
+        let path = ObjectPath::from(key);
+        let store = Arc::clone(&self.store);
+        // Already there? (A resend after a crash or a cut.)
+        match self.runtime.block_on(store.head(&path)) {
+            Ok(meta) => {
+                let existing = self.read_back_crc(&path)?;
+                if meta.size == length && existing == crc {
+                    DrainControl::add(&self.control.objects_confirmed_total, 1);
+                    DrainControl::add(&self.control.objects_already_present_total, 1);
+                    tracing::info!(key, "drain: object already at the base with the same bytes");
+                    return Ok(());
+                }
+                DrainControl::add(&self.control.conflicts_total, 1);
+                tracing::error!(
+                    key,
+                    existing_size = meta.size,
+                    existing_crc32 = format!("{existing:08x}"),
+                    crc32 = format!("{crc:08x}"),
+                    "drain: the base holds different bytes under this key; not overwriting it"
+                );
+                let conflict = ObjectPath::from(format!("{key}.conflict-{crc:08x}"));
+                return self.put_and_verify(&conflict, crc);
+            }
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(error) => return Err(format!("head {key}: {error}")),
+        }
+        self.put_and_verify(&path, crc)
+    }
+
+    fn put_and_verify(&mut self, path: &ObjectPath, crc: u32) -> Result<(), String> {
+        self.throttle();
+        let payload = PutPayload::from(bytes::Bytes::copy_from_slice(&self.file));
+        let store = Arc::clone(&self.store);
+        let result = self
+            .runtime
+            .block_on(store.put(path, payload))
+            .map_err(|error| format!("put {path}: {error}"))?;
+        let md5_hex = || {
+            use md5::Digest;
+            let digest = md5::Md5::digest(&self.file);
+            digest.iter().map(|byte| format!("{byte:02x}")).collect::<String>()
+        };
+        let verified_by_etag = self.verify_by_etag
+            && result.e_tag.as_deref().is_some_and(|etag| etag.trim_matches('"') == md5_hex());
+        if !verified_by_etag {
+            let stored = self.read_back_crc(path)?;
+            if stored != crc {
+                return Err(format!("{path}: read back CRC32 {stored:08x}, sent {crc:08x}"));
+            }
+        }
+        DrainControl::add(&self.control.objects_confirmed_total, 1);
+        DrainControl::add(&self.control.bytes_uploaded_total, self.file.len() as u64);
+        Ok(())
+    }
+
+    fn read_back_crc(&self, path: &ObjectPath) -> Result<u32, String> {
+        let store = Arc::clone(&self.store);
+        let bytes = self
+            .runtime
+            .block_on(async { store.get(path).await?.bytes().await })
+            .map_err(|error| format!("read back {path}: {error}"))?;
+        Ok(crc32fast::hash(&bytes))
+    }
+
+    fn throttle(&self) {
+        let rate = self.control.rate_limit_bytes_per_second.load(Ordering::Relaxed);
+        if rate > 0 {
+            std::thread::sleep(Duration::from_secs_f64(self.file.len() as f64 / rate as f64));
+        }
+    }
+}
+
+/// Decodes a frame record: `(exposure, detector index, segment index, frame)` for this focal
+/// plane, with the pixels' ones'-complement sum.
+fn index_frame(focalplane: &Focalplane, payload: &[u8]) -> Option<(u64, usize, usize, FrameRef)> {
+    let header = FrameHeader::parse(payload).ok()?;
+    let detector = detector_index_from_wire(focalplane, header.raft, header.sensor)?;
+    let kind = focalplane.detectors()[detector].kind();
+    let segment = segment_index_from_wire(header.segment, kind)?;
+    let pixels = payload
+        .get(FRAME_HEADER_BLOCK_BYTES..FRAME_HEADER_BLOCK_BYTES + header.payload_length.get() as usize)?;
+    let frame = FrameRef {
+        info: RecordInfo {
+            sequence: 0,
+            kind: RecordKind::Frame,
+            flags: 0,
+            stream_id: 0,
+            timestamp_ns: 0,
+            position: ringbuffer::Position { offset: 0, sequence: 0 },
+            end: ringbuffer::Position { offset: 0, sequence: 0 },
+        },
+        first_row: header.first_row.get(),
+        row_count: header.row_count.get(),
+        sum: ones_complement_sum(pixels),
+    };
+    Some((header.exposure_id.get(), detector, segment, frame))
+}
+
+/// A detector's segments, read back from the ring frame by frame.
+struct RingSegments<'a> {
+    reader: &'a mut Reader,
+    frames: &'a [Vec<FrameRef>],
+}
+
+impl RingSegments<'_> {
+    fn ordered(&self, index: usize) -> Option<Vec<FrameRef>> {
+        let mut frames = self.frames[index].clone();
+        frames.sort_by_key(|frame| frame.first_row);
+        let mut next_row = 0u32;
+        for frame in &frames {
+            if u32::from(frame.first_row) != next_row {
+                return None;
+            }
+            next_row += u32::from(frame.row_count);
+        }
+        (next_row == SEGMENT_ROWS).then_some(frames)
+    }
+}
+
+impl SegmentSource for RingSegments<'_> {
+    fn segment_sum(&mut self, index: usize) -> io::Result<Option<u32>> {
+        Ok(self.ordered(index).map(|frames| frames.iter().fold(0, |sum, frame| combine(sum, frame.sum))))
+    }
+
+    fn read_segment(
+        &mut self,
+        index: usize,
+        sink: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let frames = self
+            .ordered(index)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "segment is not complete"))?;
+        for frame in frames {
+            let record = self.reader.fetch(&frame.info).map_err(io::Error::other)?;
+            let pixels =
+                usize::from(frame.row_count) * dma_ingest::protocol::geometry::SEGMENT_COLUMNS as usize * 4;
+            sink(&record.payload[FRAME_HEADER_BLOCK_BYTES..FRAME_HEADER_BLOCK_BYTES + pixels])?;
+        }
+        Ok(())
+    }
+}
