@@ -81,11 +81,19 @@ fn ingest(directory: &Path) -> Ring {
 
 /// Drains `ring` into the base directory until every exposure is drained.
 fn drain(ring: &Ring, base: &Path) -> Arc<failover::drain::DrainControl> {
-    let store = Arc::new(LocalFileSystem::new_with_prefix(base).expect("base directory"));
+    drain_to(ring, Arc::new(LocalFileSystem::new_with_prefix(base).expect("base directory")), false)
+}
+
+/// Drains `ring` into `store` until every exposure is drained.
+fn drain_to(
+    ring: &Ring,
+    store: Arc<dyn object_store::ObjectStore>,
+    verify_by_etag: bool,
+) -> Arc<failover::drain::DrainControl> {
     let mut drainer = Drainer::new(
         ring.reader("drain").expect("drain cursor"),
         store,
-        false,
+        verify_by_etag,
         Focalplane::latiss(),
         Arc::new(SystemClock),
         DrainOptions::default(),
@@ -224,4 +232,77 @@ fn drained_files_are_byte_identical_to_files_built_from_regenerated_frames_and_a
     assert_eq!(std::fs::read(base.join(key)).expect("object"), changed, "the changed object is left alone");
     let conflict = format!("{}.conflict-{:08x}", key.display(), crc32fast::hash(bytes));
     assert_eq!(std::fs::read(base.join(&conflict)).expect("conflict object"), *bytes);
+}
+
+/// A real S3-protocol server (moto's server mode, from PyPI) on a free loopback port, stopped on
+/// drop. `scripts/test-all` installs it.
+struct S3Server {
+    child: std::process::Child,
+    endpoint: String,
+}
+
+impl S3Server {
+    fn start() -> S3Server {
+        let port =
+            std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
+        let child = std::process::Command::new("python3")
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 -m moto.server (scripts/test-all installs moto[server])");
+        let server = S3Server { child, endpoint: format!("http://127.0.0.1:{port}") };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "moto server did not start on port {port}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        server
+    }
+
+    /// Runs a boto3 snippet (the independent client) with `s3` bound to this server.
+    fn boto3(&self, code: &str) -> String {
+        let script = format!(
+            "import boto3, sys\ns3 = boto3.client('s3', endpoint_url='{}', aws_access_key_id='test', \
+             aws_secret_access_key='test', region_name='us-east-1')\n{code}",
+            self.endpoint
+        );
+        let output = std::process::Command::new("python3").args(["-c", &script]).output().expect("python3");
+        assert!(output.status.success(), "boto3: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn drained_objects_in_a_real_s3_server_read_back_with_boto3_identical() {
+    let server = S3Server::start();
+    server.boto3("s3.create_bucket(Bucket='base')");
+    let store = object_store::aws::AmazonS3Builder::new()
+        .with_endpoint(&server.endpoint)
+        .with_allow_http(true)
+        .with_bucket_name("base")
+        .with_access_key_id("test")
+        .with_secret_access_key("test")
+        .with_region("us-east-1")
+        .build()
+        .expect("S3 store");
+    let work = tempfile::tempdir().expect("tempdir");
+    let ring = ingest(work.path());
+    let control = drain_to(&ring, Arc::new(store), true);
+    assert_eq!(control.objects_confirmed_total.load(Ordering::Relaxed), u64::from(EXPOSURES));
+    for (key, bytes) in expected_files() {
+        let local = work.path().join("readback.fits");
+        server.boto3(&format!("s3.download_file('base', '{}', '{}')", key.display(), local.display()));
+        let stored = std::fs::read(&local).expect("downloaded object");
+        assert!(stored == bytes, "{} read back by boto3 differs from the expected file", key.display());
+    }
+    let listing = server.boto3("print(s3.list_objects_v2(Bucket='base')['KeyCount'])");
+    assert_eq!(listing.trim(), EXPOSURES.to_string(), "exactly the expected objects, no extras");
 }
