@@ -34,9 +34,10 @@
 //!   their deadline are declared incomplete by [`poll`](CompletenessTracker::poll) (which `admit`
 //!   and `connection_lost` also run first), with reason [`IncompleteReason::Disconnect`] if the
 //!   grace set the deadline, [`IncompleteReason::Timeout`] otherwise.
-//! - **Bounded open exposures.** At most [`TrackerOptions::max_open_exposures`] are open. A frame
-//!   of a new exposure when all are in use evicts the one opened first, declared incomplete with
-//!   [`IncompleteReason::Evicted`].
+//! - **Bounded open exposures.** At most [`TrackerOptions::max_open_exposures`] are open (16 by
+//!   default: ten minutes of LSSTCam visits). A frame of a new exposure when all are in use
+//!   evicts the oldest one with no frame waiting to become durable (the oldest of all only if
+//!   every one has frames in flight), declared incomplete with [`IncompleteReason::Evicted`].
 //! - **Closed exposures.** Complete and incomplete exposures are closed: their row bitmaps are
 //!   reused. Their ids are remembered in a FIFO of [`TrackerOptions::closed_history`] entries
 //!   (default 64). A frame of a remembered *complete* exposure is a [`Rejection::Duplicate`]. A
@@ -173,7 +174,8 @@ pub struct TrackerOptions {
     /// After [`CompletenessTracker::connection_lost`], open exposures get at most this long for
     /// the sender to reconnect and resume (default 5 s).
     pub reconnect_grace_ns: u64,
-    /// Exposures tracked at once (default 4); at least 1. Sets the memory (see the module doc).
+    /// Exposures tracked at once (default 16); at least 1. Sets the memory (see the module doc):
+    /// about 13 MB for the whole LSSTCam focal plane, 66 KB for LATISS.
     pub max_open_exposures: usize,
     /// Closed exposure ids remembered for duplicate and late-frame detection (default 64).
     pub closed_history: usize,
@@ -184,7 +186,7 @@ impl Default for TrackerOptions {
         TrackerOptions {
             incomplete_timeout_ns: 60_000_000_000,
             reconnect_grace_ns: 5_000_000_000,
-            max_open_exposures: 4,
+            max_open_exposures: 16,
             closed_history: 64,
         }
     }
@@ -899,12 +901,18 @@ impl CompletenessTracker {
         let slot = match self.slots.iter().position(Option::is_none) {
             Some(slot) => slot,
             None => {
+                // The oldest exposure with nothing waiting to become durable; only if every open
+                // exposure has frames in flight, the oldest of all.
                 let (oldest, _) = self
                     .slots
                     .iter()
                     .enumerate()
-                    .filter_map(|(slot, state)| state.map(|state| (slot, state.generation)))
-                    .min_by_key(|(_, generation)| *generation)
+                    .filter_map(|(slot, state)| {
+                        state.map(|state| {
+                            (slot, (state.frames_admitted != state.frames_durable, state.generation))
+                        })
+                    })
+                    .min_by_key(|(_, key)| *key)
                     .expect("every slot is in use");
                 self.declare_incomplete(oldest, IncompleteReason::Evicted, out);
                 oldest
@@ -1424,6 +1432,31 @@ mod tests {
     }
 
     #[test]
+    fn eviction_spares_an_exposure_whose_frames_are_still_in_flight() {
+        let options = TrackerOptions { max_open_exposures: 2, ..TrackerOptions::default() };
+        let mut tracker = CompletenessTracker::new(Focalplane::latiss(), options);
+        let detector = Focalplane::latiss().detectors()[0];
+        let mut events = Vec::new();
+        // The oldest exposure has a frame admitted but not yet durable; the newer one has none.
+        let in_flight = tracker
+            .admit(&frame(Instrument::Latiss, &detector, 0, EXPOSURE, 0, 2048), T0, &mut |e| events.push(e))
+            .unwrap();
+        let settled = tracker
+            .admit(&frame(Instrument::Latiss, &detector, 0, EXPOSURE + 1, 0, 2048), T0 + 1, &mut |e| {
+                events.push(e)
+            })
+            .unwrap();
+        tracker.durable(settled, T0 + 1, &mut |e| events.push(e));
+        let third = frame(Instrument::Latiss, &detector, 0, EXPOSURE + 2, 0, 2048);
+        let _ = tracker.admit(&third, T0 + 2, &mut |e| events.push(e)).unwrap();
+        let declared = incomplete(&events);
+        assert_eq!(declared.len(), 1);
+        assert_eq!((declared[0].exposure_id, declared[0].reason), (EXPOSURE + 1, IncompleteReason::Evicted));
+        tracker.durable(in_flight, T0 + 3, &mut |e| events.push(e));
+        assert_eq!(tracker.open_exposures(T0 + 3).len(), 2, "the in-flight exposure stayed open");
+    }
+
+    #[test]
     fn opening_one_exposure_too_many_evicts_the_oldest() {
         let options = TrackerOptions { max_open_exposures: 2, ..TrackerOptions::default() };
         let mut tracker = CompletenessTracker::new(Focalplane::latiss(), options);
@@ -1541,8 +1574,9 @@ mod tests {
         let options = TrackerOptions::default();
         let bound = CompletenessTracker::memory_bound(&focalplane, &options);
         let bitmaps = options.max_open_exposures * LSSTCAM_SEGMENT_COUNT * BITMAP_BYTES_PER_SEGMENT;
-        assert_eq!(bitmaps, 4 * 3216 * 256);
-        assert!(bound <= bitmaps + 4 * 3216 * 2 + 64 * 1024, "bound {bound}");
+        assert_eq!(bitmaps, 16 * 3216 * 256);
+        assert!(bound <= bitmaps + 16 * 3216 * 2 + 64 * 1024, "bound {bound}");
+        assert!(bound < 14 << 20, "the whole focal plane stays under 14 MiB: {bound}");
         let mut tracker = CompletenessTracker::new(focalplane, options);
         let before = tracker.memory_bytes();
         assert!(before > bitmaps && before <= bound, "{bitmaps} < {before} <= {bound}");
