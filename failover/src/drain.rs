@@ -50,6 +50,9 @@ use dma_ingest::protocol::metadata::{MetadataEvent, MetadataKind};
 
 use crate::fits::{combine, ones_complement_sum, RawFile, SegmentSource, WriteOptions};
 
+/// Multipart uploads remembered for a later abort (each holds only an upload id).
+const MAX_STALE_UPLOADS: usize = 64;
+
 /// How the drain runs.
 #[derive(Debug, Clone)]
 pub struct DrainOptions {
@@ -61,6 +64,10 @@ pub struct DrainOptions {
     pub retry_initial: Duration,
     /// Longest retry delay.
     pub retry_max: Duration,
+    /// Files larger than this are uploaded in parts (S3 multipart upload).
+    pub multipart_threshold_bytes: usize,
+    /// Size of each part of a multipart upload (S3 requires at least 5 MiB but the last).
+    pub part_bytes: usize,
 }
 
 impl Default for DrainOptions {
@@ -70,6 +77,8 @@ impl Default for DrainOptions {
             max_open_exposures: 4,
             retry_initial: Duration::from_millis(200),
             retry_max: Duration::from_secs(10),
+            multipart_threshold_bytes: 32 << 20,
+            part_bytes: 16 << 20,
         }
     }
 }
@@ -168,6 +177,9 @@ pub struct Drainer {
     control: Arc<DrainControl>,
     open: Vec<OpenExposure>,
     file: Vec<u8>,
+    link: Option<Arc<crate::link::LinkMonitorHandle>>,
+    /// Multipart uploads whose abort failed; aborted before the next upload.
+    stale_uploads: Vec<Box<dyn object_store::MultipartUpload>>,
 }
 
 /// What one [`Drainer::step`] did.
@@ -186,6 +198,8 @@ pub enum StepOutcome {
     Idle,
     /// Paused by the operator.
     Paused,
+    /// The link to the base is down (island mode): nothing is sent; the backlog waits in the ring.
+    Island,
 }
 
 impl Drainer {
@@ -212,7 +226,25 @@ impl Drainer {
             control: Arc::new(DrainControl::default()),
             open: Vec::new(),
             file: Vec::new(),
+            link: None,
+            stale_uploads: Vec::new(),
         })
+    }
+
+    /// Follows `link`: while it is DOWN the drain sends nothing (island mode) and each step
+    /// reports the backlog to it (RECOVERING while a backlog drains after a cut).
+    pub fn with_link_monitor(mut self, link: Arc<crate::link::LinkMonitorHandle>) -> Drainer {
+        self.link = Some(link);
+        self
+    }
+
+    /// Bytes of the ring not yet confirmed at the base.
+    pub fn backlog_bytes(&self) -> u64 {
+        self.reader.backlog_bytes()
+    }
+
+    fn link_down(&self) -> bool {
+        self.link.as_ref().is_some_and(|link| link.state() == crate::link::LinkState::Down)
     }
 
     /// Counters and controls (pause, rate limit).
@@ -234,8 +266,14 @@ impl Drainer {
     /// (with backoff) until they succeed or `stop` is set; returns `Idle` without moving the
     /// cursor when stopped mid-exposure.
     pub fn step(&mut self, stop: &AtomicBool) -> Result<StepOutcome, DrainError> {
+        if let Some(link) = &self.link {
+            link.set_backlog(self.reader.backlog_bytes());
+        }
         if self.control.paused.load(Ordering::Relaxed) {
             return Ok(StepOutcome::Paused);
+        }
+        if self.link_down() {
+            return Ok(StepOutcome::Island);
         }
         let mut forced = None;
         // Index what is durable, a bounded batch at a time so a ready exposure is not delayed.
@@ -414,7 +452,30 @@ impl Drainer {
         }
     }
 
+    /// Aborts multipart uploads an earlier attempt could not abort (the link was down), so no
+    /// orphaned parts stay at the base. An upload the store no longer knows is simply dropped.
+    fn abort_stale_uploads(&mut self) {
+        let mut still_stale = Vec::new();
+        for mut upload in std::mem::take(&mut self.stale_uploads) {
+            match self.runtime.block_on(upload.abort()) {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(_) => still_stale.push(upload),
+            }
+        }
+        if still_stale.len() > MAX_STALE_UPLOADS {
+            let dropped = still_stale.len() - MAX_STALE_UPLOADS;
+            still_stale.drain(..dropped);
+            tracing::error!(
+                dropped,
+                "drain: giving up aborting old multipart uploads; their parts stay at the base until a \
+                 bucket lifecycle rule (AbortIncompleteMultipartUpload) removes them"
+            );
+        }
+        self.stale_uploads = still_stale;
+    }
+
     fn upload_once(&mut self, key: &str) -> Result<(), String> {
+        self.abort_stale_uploads();
         let crc = crc32fast::hash(&self.file);
         let length = self.file.len() as u64;
         let path = ObjectPath::from(key);
@@ -448,19 +509,42 @@ impl Drainer {
 
     fn put_and_verify(&mut self, path: &ObjectPath, crc: u32) -> Result<(), String> {
         self.throttle();
-        let payload = PutPayload::from(bytes::Bytes::copy_from_slice(&self.file));
         let store = Arc::clone(&self.store);
-        let result = self
-            .runtime
-            .block_on(store.put(path, payload))
-            .map_err(|error| format!("put {path}: {error}"))?;
-        let md5_hex = || {
-            use md5::Digest;
-            let digest = md5::Md5::digest(&self.file);
-            digest.iter().map(|byte| format!("{byte:02x}")).collect::<String>()
+        let (result, expected_etag) = if self.file.len() > self.options.multipart_threshold_bytes {
+            let parts: Vec<bytes::Bytes> =
+                self.file.chunks(self.options.part_bytes).map(bytes::Bytes::copy_from_slice).collect();
+            let etag = multipart_etag(&parts);
+            let stale = &mut self.stale_uploads;
+            let result = self.runtime.block_on(async {
+                let mut upload = store.put_multipart(path).await?;
+                for part in parts {
+                    if let Err(error) = upload.put_part(PutPayload::from(part)).await {
+                        // Leave no parts behind. If the abort fails too (the link is down), it
+                        // is retried before the next upload.
+                        if upload.abort().await.is_err() {
+                            stale.push(upload);
+                        }
+                        return Err(error);
+                    }
+                }
+                match upload.complete().await {
+                    Ok(result) => Ok(result),
+                    Err(error) => {
+                        if upload.abort().await.is_err() {
+                            stale.push(upload);
+                        }
+                        Err(error)
+                    }
+                }
+            });
+            (result, etag)
+        } else {
+            let payload = PutPayload::from(bytes::Bytes::copy_from_slice(&self.file));
+            (self.runtime.block_on(store.put(path, payload)), md5_hex(&self.file))
         };
+        let result = result.map_err(|error| format!("put {path}: {error}"))?;
         let verified_by_etag = self.verify_by_etag
-            && result.e_tag.as_deref().is_some_and(|etag| etag.trim_matches('"') == md5_hex());
+            && result.e_tag.as_deref().is_some_and(|etag| etag.trim_matches('"') == expected_etag);
         if !verified_by_etag {
             let stored = self.read_back_crc(path)?;
             if stored != crc {
@@ -487,6 +571,22 @@ impl Drainer {
             std::thread::sleep(Duration::from_secs_f64(self.file.len() as f64 / rate as f64));
         }
     }
+}
+
+/// Lower-case hex MD5 of `bytes`: the ETag S3 gives a single-part upload.
+fn md5_hex(bytes: &[u8]) -> String {
+    use md5::Digest;
+    md5::Md5::digest(bytes).iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// The ETag S3 gives a multipart upload: the MD5 of the parts' binary MD5s, then `-{parts}`.
+fn multipart_etag(parts: &[bytes::Bytes]) -> String {
+    use md5::Digest;
+    let mut digests = Vec::with_capacity(parts.len() * 16);
+    for part in parts {
+        digests.extend_from_slice(&md5::Md5::digest(part));
+    }
+    format!("{}-{}", md5_hex(&digests), parts.len())
 }
 
 /// Decodes a frame record: `(exposure, detector index, segment index, frame)` for this focal

@@ -259,6 +259,16 @@ impl Reader {
         self.position
     }
 
+    /// Bytes between this cursor's persisted position and the durable head: the backlog a
+    /// consumer still has to confirm (the drain's, while the link is down).
+    pub fn backlog_bytes(&self) -> u64 {
+        let state = self.shared.state();
+        state
+            .durable
+            .offset
+            .saturating_sub(state.cursors[self.cursor_index].persisted.offset.max(state.tail.offset))
+    }
+
     /// Returns the next durable record, or `None` when the reader has caught up with the
     /// durable head. Corrupt records are skipped (and reported), never returned.
     pub fn next_record(&mut self) -> Result<Option<Record<'_>>> {

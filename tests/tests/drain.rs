@@ -110,7 +110,9 @@ fn drain_to(
                 assert_eq!(files, 1);
                 drained += 1;
             }
-            StepOutcome::Idle | StepOutcome::Paused => std::thread::sleep(Duration::from_millis(10)),
+            StepOutcome::Idle | StepOutcome::Paused | StepOutcome::Island => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
         }
     }
     Arc::clone(drainer.control())
@@ -305,4 +307,103 @@ fn drained_objects_in_a_real_s3_server_read_back_with_boto3_identical() {
     }
     let listing = server.boto3("print(s3.list_objects_v2(Bucket='base')['KeyCount'])");
     assert_eq!(listing.trim(), EXPOSURES.to_string(), "exactly the expected objects, no extras");
+}
+
+#[test]
+fn the_link_cut_mid_upload_many_times_leaves_exactly_the_expected_objects() {
+    use failover::link::{HttpProbe, LinkMonitorHandle, LinkOptions};
+    use hw_sim::link_proxy::{CutMode, LinkProxy};
+
+    let server = S3Server::start();
+    server.boto3("s3.create_bucket(Bucket='base')");
+    let upstream: std::net::SocketAddr =
+        server.endpoint.trim_start_matches("http://").parse().expect("moto address");
+    let proxy = LinkProxy::start("127.0.0.1:0".parse().expect("addr"), upstream).expect("proxy");
+    let link = proxy.control();
+    // 40 MB/s: each 75.5 MB file takes about 2 s, so the cuts land mid-upload.
+    link.set_bandwidth_limit(Some(40_000_000));
+    let summit_side = format!("http://{}", proxy.local_addr());
+    let store = object_store::aws::AmazonS3Builder::new()
+        .with_endpoint(&summit_side)
+        .with_allow_http(true)
+        .with_bucket_name("base")
+        .with_access_key_id("test")
+        .with_secret_access_key("test")
+        .with_region("us-east-1")
+        .with_retry(object_store::RetryConfig { max_retries: 0, ..Default::default() })
+        .build()
+        .expect("S3 store through the proxy");
+    let options = LinkOptions {
+        probe_interval: Duration::from_millis(50),
+        probe_timeout: Duration::from_millis(100),
+        degraded_rtt: Duration::from_millis(80),
+        ..LinkOptions::default()
+    };
+    let probe = HttpProbe::new(proxy.local_addr(), "127.0.0.1", "/").expect("probe");
+    let monitor =
+        Arc::new(LinkMonitorHandle::spawn(Box::new(probe), options, Arc::new(SystemClock)).expect("monitor"));
+
+    let work = tempfile::tempdir().expect("tempdir");
+    let ring = ingest(work.path());
+    let drain_options = DrainOptions {
+        retry_initial: Duration::from_millis(50),
+        retry_max: Duration::from_millis(200),
+        ..DrainOptions::default()
+    };
+    let mut drainer = Drainer::new(
+        ring.reader("drain").expect("drain cursor"),
+        Arc::new(store),
+        true,
+        Focalplane::latiss(),
+        Arc::new(SystemClock),
+        drain_options,
+    )
+    .expect("drainer")
+    .with_link_monitor(Arc::clone(&monitor));
+    let stop = Arc::new(AtomicBool::new(false));
+    let drain_thread = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut drained = Vec::new();
+            let mut islands = 0u64;
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while drained.len() < EXPOSURES as usize && Instant::now() < deadline {
+                match drainer.step(&stop).expect("drain step") {
+                    StepOutcome::Drained { exposure_id, .. } => drained.push(exposure_id),
+                    StepOutcome::Island => {
+                        islands += 1;
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    _ => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+            (drained, islands, Arc::clone(drainer.control()))
+        })
+    };
+    // Cut and restore the link five times while files are in flight.
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(900));
+        link.cut(CutMode::Reset);
+        std::thread::sleep(Duration::from_millis(600));
+        link.restore();
+    }
+    let (drained, islands, control) = drain_thread.join().expect("drain thread");
+    stop.store(true, Ordering::Relaxed);
+    assert_eq!(drained.len(), EXPOSURES as usize, "every exposure drained after the cuts");
+    assert!(
+        control.upload_failures_total.load(Ordering::Relaxed) + islands > 0,
+        "the cuts were felt (failed uploads or island steps)"
+    );
+    assert_eq!(control.conflicts_total.load(Ordering::Relaxed), 0);
+    for (key, bytes) in expected_files() {
+        let local = work.path().join("readback.fits");
+        server.boto3(&format!("s3.download_file('base', '{}', '{}')", key.display(), local.display()));
+        assert!(std::fs::read(&local).expect("object") == bytes, "{} differs", key.display());
+    }
+    let listing = server.boto3(
+        "r = s3.list_objects_v2(Bucket='base'); print(r['KeyCount']); \
+         u = s3.list_multipart_uploads(Bucket='base'); print(len(u.get('Uploads', [])))",
+    );
+    let lines: Vec<&str> = listing.lines().collect();
+    assert_eq!(lines, [EXPOSURES.to_string().as_str(), "0"], "exactly the objects, no leftover parts");
 }
