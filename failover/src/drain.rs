@@ -68,6 +68,12 @@ pub struct DrainOptions {
     pub multipart_threshold_bytes: usize,
     /// Size of each part of a multipart upload (S3 requires at least 5 MiB but the last).
     pub part_bytes: usize,
+    /// The live lane: start at the ring's head and send only complete exposures, newest first,
+    /// so live latency holds while the backlog lane (the persisted `drain` cursor, in order)
+    /// catches up behind it; the backlog lane then finds those objects already at the base.
+    /// Exposures the live lane cannot complete are left to the backlog lane. Read it through an
+    /// optional cursor (an overrun is harmless: the backlog lane holds the data).
+    pub live: bool,
 }
 
 impl Default for DrainOptions {
@@ -79,6 +85,7 @@ impl Default for DrainOptions {
             retry_max: Duration::from_secs(10),
             multipart_threshold_bytes: 32 << 20,
             part_bytes: 16 << 20,
+            live: false,
         }
     }
 }
@@ -215,6 +222,10 @@ impl Drainer {
         options: DrainOptions,
     ) -> io::Result<Drainer> {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let mut reader = reader;
+        if options.live {
+            reader.skip_to_head();
+        }
         Ok(Drainer {
             reader,
             store,
@@ -310,12 +321,27 @@ impl Drainer {
         }
         let now_ns = self.clock.now_ns();
         let timeout_ns = self.options.incomplete_timeout.as_nanos() as u64;
-        let ready = forced.or_else(|| {
-            self.open.iter().position(|exposure| {
-                exposure.is_complete(&self.focalplane)
-                    || now_ns.saturating_sub(exposure.last_seen_ns) >= timeout_ns
+        let ready = if self.options.live {
+            // Live lane: exposures it cannot complete (it started mid-exposure, or frames are
+            // missing) are the backlog lane's; the newest complete one goes first.
+            if forced.is_some() {
+                self.open.remove(0);
+            }
+            let focalplane = &self.focalplane;
+            self.open.retain(|exposure| {
+                exposure.is_complete(focalplane) || now_ns.saturating_sub(exposure.last_seen_ns) < timeout_ns
+            });
+            (0..self.open.len())
+                .filter(|&index| self.open[index].is_complete(&self.focalplane))
+                .max_by_key(|&index| self.open[index].exposure_id)
+        } else {
+            forced.or_else(|| {
+                self.open.iter().position(|exposure| {
+                    exposure.is_complete(&self.focalplane)
+                        || now_ns.saturating_sub(exposure.last_seen_ns) >= timeout_ns
+                })
             })
-        });
+        };
         let Some(index) = ready else {
             if self.open.is_empty() {
                 // Caught up with nothing open: everything read is drained (or unusable).
@@ -483,7 +509,14 @@ impl Drainer {
         // Already there? (A resend after a crash or a cut.)
         match self.runtime.block_on(store.head(&path)) {
             Ok(meta) => {
-                let existing = self.read_back_crc(&path)?;
+                // S3 computed the ETag from the bytes it holds: a match needs no read-back.
+                let same_etag = self.verify_by_etag
+                    && meta.size == length
+                    && meta
+                        .e_tag
+                        .as_deref()
+                        .is_some_and(|etag| etag.trim_matches('"') == self.expected_etag());
+                let existing = if same_etag { crc } else { self.read_back_crc(&path)? };
                 if meta.size == length && existing == crc {
                     DrainControl::add(&self.control.objects_confirmed_total, 1);
                     DrainControl::add(&self.control.objects_already_present_total, 1);
@@ -505,6 +538,17 @@ impl Drainer {
             Err(error) => return Err(format!("head {key}: {error}")),
         }
         self.put_and_verify(&path, crc)
+    }
+
+    /// The ETag an S3 store gives `self.file` as this drain uploads it (single part or multipart).
+    fn expected_etag(&self) -> String {
+        if self.file.len() > self.options.multipart_threshold_bytes {
+            let parts: Vec<bytes::Bytes> =
+                self.file.chunks(self.options.part_bytes).map(bytes::Bytes::copy_from_slice).collect();
+            multipart_etag(&parts)
+        } else {
+            md5_hex(&self.file)
+        }
     }
 
     fn put_and_verify(&mut self, path: &ObjectPath, crc: u32) -> Result<(), String> {

@@ -259,6 +259,14 @@ impl Reader {
         self.position
     }
 
+    /// Moves the reader to the durable head, skipping everything before it (not committed: call
+    /// [`Reader::commit`] to persist). For a consumer that only wants what arrives from now on,
+    /// such as the drain's live lane, which sends the newest exposure first while a backlog waits.
+    pub fn skip_to_head(&mut self) {
+        self.position = self.shared.state().durable;
+        self.recent_ends.clear();
+    }
+
     /// Bytes between this cursor's persisted position and the durable head: the backlog a
     /// consumer still has to confirm (the drain's, while the link is down).
     pub fn backlog_bytes(&self) -> u64 {

@@ -407,3 +407,134 @@ fn the_link_cut_mid_upload_many_times_leaves_exactly_the_expected_objects() {
     let lines: Vec<&str> = listing.lines().collect();
     assert_eq!(lines, [EXPOSURES.to_string().as_str(), "0"], "exactly the objects, no leftover parts");
 }
+
+/// Plays `count` LATISS exposures of the night starting `day` days after `START_NS` into the
+/// ingest's sockets.
+fn play_latiss(frames: &Path, metadata: &Path, day: i64, count: u32) {
+    let mut plan = NightPlan::baseline(START_NS + day * 86_400_000_000_000, 0, 11);
+    plan.latiss = Some(LatissPlan { exposure_seconds: 30.0, cadence_seconds: 40.0, count });
+    let lsstcam = Focalplane::lsstcam_subset(&["R22"]).expect("R22");
+    let latiss = Focalplane::latiss();
+    let schedule = NightSchedule::new(plan, &lsstcam, &latiss).expect("schedule");
+    let mut sink = UnixFrameSender::connect(frames).expect("connect frames");
+    let mut meta = UnixFrameSender::connect(metadata).expect("connect metadata");
+    play_with_metadata(
+        schedule,
+        &mut sink,
+        Some(&mut meta),
+        PlayOptions::new(SkyParameters::default()),
+        &mut |_| {},
+    )
+    .expect("play");
+}
+
+#[test]
+fn the_live_lane_sends_the_newest_exposure_while_the_backlog_lane_catches_up_in_order() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let base = work.path().join("base");
+    std::fs::create_dir_all(&base).expect("base");
+    let mut create = CreateOptions::new(1 << 30, 2);
+    create.max_payload_bytes = 5 << 20;
+    let mut ring = Ring::create(&work.path().join("ring"), &create, RingOptions::default()).expect("ring");
+    ring.add_cursor("live", false).expect("live cursor");
+    let backlog_reader = ring.reader("drain").expect("drain cursor");
+    let live_reader = ring.reader("live").expect("live cursor");
+    let (frames, metadata) = (work.path().join("frames.sock"), work.path().join("metadata.sock"));
+    let ingest = IngestHandle::start(
+        ring,
+        Focalplane::latiss(),
+        &Endpoint::Unix(frames.clone()),
+        Some(&Endpoint::Unix(metadata.clone())),
+        IngestOptions::new("latiss"),
+        Arc::new(SystemClock),
+    )
+    .expect("ingest");
+    // A backlog of three exposures (the link was down), then the link is back.
+    play_latiss(&frames, &metadata, 0, 3);
+    let wait_complete = |count: usize| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut complete = 0;
+        while complete < count {
+            assert!(Instant::now() < deadline, "ingest did not complete {count} exposures");
+            if let Ok(IngestEvent::Completeness(CompletenessEvent::ExposureComplete { .. })) =
+                ingest.events().recv_timeout(Duration::from_millis(100))
+            {
+                complete += 1;
+            }
+        }
+    };
+    wait_complete(3);
+    std::thread::sleep(Duration::from_millis(200)); // the last metadata records are durable too
+    let store: Arc<dyn object_store::ObjectStore> =
+        Arc::new(LocalFileSystem::new_with_prefix(&base).expect("base directory"));
+    let lane = |reader, live| {
+        let options = DrainOptions { live, ..DrainOptions::default() };
+        Drainer::new(reader, Arc::clone(&store), false, Focalplane::latiss(), Arc::new(SystemClock), options)
+            .expect("drainer")
+    };
+    let backlog = lane(backlog_reader, false);
+    let live = lane(live_reader, true);
+    // The backlog lane shares the link: 40 MB/s, about 2 s a file.
+    backlog.control().rate_limit_bytes_per_second.store(40_000_000, Ordering::Relaxed);
+    let stop = Arc::new(AtomicBool::new(false));
+    let spawn = |mut drainer: Drainer, stop: Arc<AtomicBool>| {
+        std::thread::spawn(move || {
+            let mut order = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                match drainer.step(&stop).expect("drain step") {
+                    StepOutcome::Drained { exposure_id, .. } => order.push((exposure_id, Instant::now())),
+                    _ => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+            (order, Arc::clone(drainer.control()))
+        })
+    };
+    let backlog_thread = spawn(backlog, Arc::clone(&stop));
+    let live_thread = spawn(live, Arc::clone(&stop));
+    // The newest exposure, a day later (a new DAYOBS, so new exposure ids).
+    play_latiss(&frames, &metadata, 1, 1);
+    wait_complete(1);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let expected_files = 4;
+    while std::fs::read_dir(&base).is_err() || count_files(&base) < expected_files {
+        assert!(Instant::now() < deadline, "the base did not receive {expected_files} files");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Let the backlog lane finish (it confirms the newest file without sending it again).
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Relaxed);
+    let (backlog_order, backlog_control) = backlog_thread.join().expect("backlog lane");
+    let (live_order, _live_control) = live_thread.join().expect("live lane");
+    let _ = ingest.shutdown().expect("shutdown");
+
+    assert_eq!(live_order.len(), 1, "the live lane sends only the newest exposure: {live_order:?}");
+    let (newest, newest_at) = live_order[0];
+    let backlog_ids: Vec<u64> = backlog_order.iter().map(|(id, _)| *id).collect();
+    let mut sorted = backlog_ids.clone();
+    sorted.sort_unstable();
+    assert_eq!(backlog_ids, sorted, "the backlog drains in order");
+    assert_eq!(backlog_ids.len(), 4, "the backlog lane confirms every exposure, the newest included");
+    assert_eq!(*backlog_ids.last().expect("4 ids"), newest);
+    let third_backlog_at = backlog_order[2].1;
+    assert!(newest_at < third_backlog_at, "the newest exposure reached the base before the backlog was done");
+    assert_eq!(backlog_control.objects_already_present_total.load(Ordering::Relaxed), 1);
+    assert_eq!(backlog_control.conflicts_total.load(Ordering::Relaxed), 0);
+}
+
+fn count_files(directory: &Path) -> usize {
+    std::fs::read_dir(directory)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|entry| {
+                    let path = entry.path();
+                    if path.is_dir() {
+                        count_files(&path)
+                    } else {
+                        usize::from(path.extension().is_some_and(|extension| extension == "fits"))
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
