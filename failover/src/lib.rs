@@ -23,3 +23,4 @@
 pub mod drain;
 pub mod fits;
 pub mod link;
+pub mod manifest;
