@@ -49,6 +49,7 @@ use dma_ingest::protocol::geometry::{DetectorKind, Focalplane, SEGMENT_ROWS};
 use dma_ingest::protocol::metadata::{MetadataEvent, MetadataKind};
 
 use crate::fits::{combine, ones_complement_sum, RawFile, SegmentSource, WriteOptions};
+use crate::manifest::{Manifest, ManifestEntry};
 
 /// Multipart uploads remembered for a later abort (each holds only an upload id).
 const MAX_STALE_UPLOADS: usize = 64;
@@ -127,6 +128,14 @@ pub enum DrainError {
     /// The ring failed (read error, cursor persistence).
     #[error("ring: {0}")]
     Ring(#[from] ringbuffer::Error),
+    /// The manifest could not be written (the cursor does not move).
+    #[error("recording {key} in the manifest: {source}")]
+    Manifest {
+        /// The object key.
+        key: String,
+        /// The I/O error.
+        source: io::Error,
+    },
     /// A file could not be assembled.
     #[error("assembling {key}: {detail}")]
     Assemble {
@@ -187,6 +196,8 @@ pub struct Drainer {
     link: Option<Arc<crate::link::LinkMonitorHandle>>,
     /// Multipart uploads whose abort failed; aborted before the next upload.
     stale_uploads: Vec<Box<dyn object_store::MultipartUpload>>,
+    /// Where confirmed objects are recorded for `verify-base`.
+    manifest: Option<Manifest>,
 }
 
 /// What one [`Drainer::step`] did.
@@ -239,6 +250,7 @@ impl Drainer {
             file: Vec::new(),
             link: None,
             stale_uploads: Vec::new(),
+            manifest: None,
         })
     }
 
@@ -246,6 +258,13 @@ impl Drainer {
     /// reports the backlog to it (RECOVERING while a backlog drains after a cut).
     pub fn with_link_monitor(mut self, link: Arc<crate::link::LinkMonitorHandle>) -> Drainer {
         self.link = Some(link);
+        self
+    }
+
+    /// Records every confirmed object in `manifest` (what `verify-base` checks the base against).
+    /// Only the backlog lane should record: it confirms every object, the live lane's included.
+    pub fn with_manifest(mut self, manifest: Manifest) -> Drainer {
+        self.manifest = Some(manifest);
         self
     }
 
@@ -430,6 +449,15 @@ impl Drainer {
                 .map_err(|error| DrainError::Assemble { key: key.clone(), detail: error.to_string() })?;
             if !self.upload_until_confirmed(&key, stop) {
                 return Ok(StepOutcome::Idle);
+            }
+            if let Some(manifest) = &mut self.manifest {
+                // Recorded before the cursor can move past the exposure: every object behind the
+                // cursor is in the manifest (after a crash here, it is confirmed and recorded again).
+                let entry =
+                    ManifestEntry::for_bytes(&key, &self.file, exposure_id, !complete, self.clock.now_ns());
+                manifest
+                    .record(&entry)
+                    .map_err(|error| DrainError::Manifest { key: key.clone(), source: error })?;
             }
             files += 1;
         }

@@ -599,3 +599,53 @@ fn a_drain_killed_mid_multipart_upload_and_restarted_leaves_exactly_the_expected
     // one orphan, for the bucket's AbortIncompleteMultipartUpload lifecycle rule.
     assert!(lines[1] == "0" || lines[1] == "1", "orphaned uploads: {}", lines[1]);
 }
+
+#[test]
+fn the_drain_records_a_manifest_that_verify_base_checks_the_base_against() {
+    use failover::manifest::{verify_base, Manifest};
+
+    let work = tempfile::tempdir().expect("tempdir");
+    let base = work.path().join("base");
+    std::fs::create_dir_all(&base).expect("base");
+    let ring = ingest(work.path());
+    let manifest_path = work.path().join("drain-manifest.jsonl");
+    let store: Arc<dyn object_store::ObjectStore> =
+        Arc::new(LocalFileSystem::new_with_prefix(&base).expect("base directory"));
+    let mut drainer = Drainer::new(
+        ring.reader("drain").expect("drain cursor"),
+        Arc::clone(&store),
+        false,
+        Focalplane::latiss(),
+        Arc::new(SystemClock),
+        DrainOptions::default(),
+    )
+    .expect("drainer")
+    .with_manifest(Manifest::open(&manifest_path).expect("manifest"));
+    let stop = AtomicBool::new(false);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut drained = 0;
+    while drained < EXPOSURES {
+        assert!(Instant::now() < deadline, "drain did not finish");
+        if let StepOutcome::Drained { .. } = drainer.step(&stop).expect("step") {
+            drained += 1;
+        }
+    }
+    let (entries, warnings) = Manifest::load(&manifest_path).expect("load manifest");
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(entries.len(), EXPOSURES as usize);
+    let runtime = tokio_runtime();
+    let report = runtime.block_on(verify_base(store.as_ref(), "raw/", &entries, true)).expect("verify");
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(report.matched, EXPOSURES as usize);
+
+    // After an "outage" an object went missing: verification names it.
+    std::fs::remove_file(base.join(&entries[0].key)).expect("remove one object");
+    let report = runtime.block_on(verify_base(store.as_ref(), "raw/", &entries, true)).expect("verify");
+    assert!(!report.is_clean());
+    assert_eq!(report.missing.len(), 1, "{report:?}");
+    assert!(format!("{:?}", report.missing[0]).contains(&entries[0].key));
+}
+
+fn tokio_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+}
