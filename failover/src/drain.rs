@@ -51,6 +51,9 @@ use dma_ingest::protocol::metadata::{MetadataEvent, MetadataKind};
 use crate::fits::{combine, ones_complement_sum, RawFile, SegmentSource, WriteOptions};
 use crate::manifest::{Manifest, ManifestEntry};
 
+/// Exposures held for lack of metadata before the drain stops reading further.
+const MAX_HELD_EXPOSURES: usize = 8;
+
 /// Multipart uploads remembered for a later abort (each holds only an upload id).
 const MAX_STALE_UPLOADS: usize = 64;
 
@@ -112,6 +115,8 @@ pub struct DrainControl {
     pub exposures_drained_total: AtomicU64,
     /// Of those, drained incomplete.
     pub exposures_incomplete_total: AtomicU64,
+    /// Exposures held in the ring because no header-service metadata arrived for them.
+    pub exposures_held_total: AtomicU64,
     /// Ring records that could not be used (undecodable frame or metadata), logged.
     pub records_unusable_total: AtomicU64,
 }
@@ -166,6 +171,9 @@ struct OpenExposure {
     start: Option<MetadataEvent>,
     end: Option<MetadataEvent>,
     last_seen_ns: u64,
+    /// Ready but without any header-service metadata: no file can be named or headed, so it is
+    /// held in the ring (the cursor stays before it) for an operator, and later exposures go on.
+    held: bool,
 }
 
 impl OpenExposure {
@@ -308,6 +316,10 @@ impl Drainer {
         let mut forced = None;
         // Index what is durable, a bounded batch at a time so a ready exposure is not delayed.
         for _ in 0..4096 {
+            // Held exposures stay indexed; past this many the drain reads no further (bounded).
+            if self.open.iter().filter(|exposure| exposure.held).count() >= MAX_HELD_EXPOSURES {
+                break;
+            }
             let Some(record) = self.reader.next_record()? else { break };
             let info = record.info;
             match info.kind {
@@ -325,6 +337,8 @@ impl Drainer {
                         let at = self.exposure_slot(event.exposure_id, info.position, &mut forced);
                         let exposure = &mut self.open[at];
                         exposure.last_seen_ns = self.clock.now_ns();
+                        // Metadata that arrives late releases an exposure held for lack of it.
+                        exposure.held = false;
                         match event.kind {
                             MetadataKind::StartIntegration => exposure.start = Some(event),
                             MetadataKind::EndReadout => exposure.end = Some(event),
@@ -356,8 +370,9 @@ impl Drainer {
         } else {
             forced.or_else(|| {
                 self.open.iter().position(|exposure| {
-                    exposure.is_complete(&self.focalplane)
-                        || now_ns.saturating_sub(exposure.last_seen_ns) >= timeout_ns
+                    !exposure.held
+                        && (exposure.is_complete(&self.focalplane)
+                            || now_ns.saturating_sub(exposure.last_seen_ns) >= timeout_ns)
                 })
             })
         };
@@ -396,9 +411,11 @@ impl Drainer {
             start: None,
             end: None,
             last_seen_ns: self.clock.now_ns(),
+            held: false,
         });
-        if self.open.len() > self.options.max_open_exposures && forced.is_none() {
-            *forced = Some(0);
+        let unheld = self.open.iter().filter(|exposure| !exposure.held).count();
+        if unheld > self.options.max_open_exposures && forced.is_none() {
+            *forced = self.open.iter().position(|exposure| !exposure.held);
         }
         self.open.len() - 1
     }
@@ -413,10 +430,14 @@ impl Drainer {
         let exposure_id = self.open[index].exposure_id;
         let Some(metadata) = self.open[index].end.clone().or_else(|| self.open[index].start.clone()) else {
             // Without header-service metadata there is no OBSID, DAYOBS or DATE-BEG to write:
-            // the frames stay in the ring (the cursor does not pass them) and an operator is told.
+            // the frames stay in the ring (the cursor does not pass them) and an operator is told,
+            // once; later exposures are drained meanwhile.
+            self.open[index].held = true;
+            DrainControl::add(&self.control.exposures_held_total, 1);
             tracing::error!(
                 exposure_id,
-                "drain: exposure has frames but no header-service metadata; holding it in the ring"
+                "drain: exposure has frames but no header-service metadata; holding it in the ring \
+                 (the drain cursor stays before it) for an operator"
             );
             return Ok(StepOutcome::Idle);
         };

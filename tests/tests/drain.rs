@@ -411,21 +411,21 @@ fn the_link_cut_mid_upload_many_times_leaves_exactly_the_expected_objects() {
 /// Plays `count` LATISS exposures of the night starting `day` days after `START_NS` into the
 /// ingest's sockets.
 fn play_latiss(frames: &Path, metadata: &Path, day: i64, count: u32) {
+    play_latiss_with(frames, Some(metadata), day, count);
+}
+
+/// [`play_latiss`], optionally without the header service's messages.
+fn play_latiss_with(frames: &Path, metadata: Option<&Path>, day: i64, count: u32) {
     let mut plan = NightPlan::baseline(START_NS + day * 86_400_000_000_000, 0, 11);
     plan.latiss = Some(LatissPlan { exposure_seconds: 30.0, cadence_seconds: 40.0, count });
     let lsstcam = Focalplane::lsstcam_subset(&["R22"]).expect("R22");
     let latiss = Focalplane::latiss();
     let schedule = NightSchedule::new(plan, &lsstcam, &latiss).expect("schedule");
     let mut sink = UnixFrameSender::connect(frames).expect("connect frames");
-    let mut meta = UnixFrameSender::connect(metadata).expect("connect metadata");
-    play_with_metadata(
-        schedule,
-        &mut sink,
-        Some(&mut meta),
-        PlayOptions::new(SkyParameters::default()),
-        &mut |_| {},
-    )
-    .expect("play");
+    let mut meta = metadata.map(|path| UnixFrameSender::connect(path).expect("connect metadata"));
+    let meta = meta.as_mut().map(|sender| sender as &mut dyn hw_sim::transport::FrameSink);
+    play_with_metadata(schedule, &mut sink, meta, PlayOptions::new(SkyParameters::default()), &mut |_| {})
+        .expect("play");
 }
 
 #[test]
@@ -648,4 +648,59 @@ fn the_drain_records_a_manifest_that_verify_base_checks_the_base_against() {
 
 fn tokio_runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+}
+
+#[test]
+fn an_exposure_without_metadata_is_held_in_the_ring_while_later_exposures_drain() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let base = work.path().join("base");
+    std::fs::create_dir_all(&base).expect("base");
+    let mut create = CreateOptions::new(512 << 20, 2);
+    create.max_payload_bytes = 5 << 20;
+    let ring = Ring::create(&work.path().join("ring"), &create, RingOptions::default()).expect("ring");
+    let reader = ring.reader("drain").expect("drain cursor");
+    let (frames, metadata) = (work.path().join("frames.sock"), work.path().join("metadata.sock"));
+    let ingest = IngestHandle::start(
+        ring,
+        Focalplane::latiss(),
+        &Endpoint::Unix(frames.clone()),
+        Some(&Endpoint::Unix(metadata.clone())),
+        IngestOptions::new("latiss"),
+        Arc::new(SystemClock),
+    )
+    .expect("ingest");
+    play_latiss_with(&frames, None, 0, 1); // the header service was down
+    play_latiss_with(&frames, Some(&metadata), 1, 1);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut complete = 0;
+    while complete < 2 {
+        assert!(Instant::now() < deadline, "ingest did not complete");
+        if let Ok(IngestEvent::Completeness(CompletenessEvent::ExposureComplete { .. })) =
+            ingest.events().recv_timeout(Duration::from_millis(100))
+        {
+            complete += 1;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let store = Arc::new(LocalFileSystem::new_with_prefix(&base).expect("base directory"));
+    let options = DrainOptions { incomplete_timeout: Duration::from_millis(200), ..DrainOptions::default() };
+    let mut drainer =
+        Drainer::new(reader, store, false, Focalplane::latiss(), Arc::new(SystemClock), options)
+            .expect("drainer");
+    let stop = AtomicBool::new(false);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut drained = Vec::new();
+    while drained.is_empty() || drainer.control().exposures_held_total.load(Ordering::Relaxed) == 0 {
+        assert!(Instant::now() < deadline, "the drain neither drained nor held: {drained:?}");
+        if let StepOutcome::Drained { exposure_id, .. } = drainer.step(&stop).expect("step") {
+            drained.push(exposure_id);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(drained.len(), 1, "only the exposure with metadata is drained");
+    assert_eq!(count_files(&base), 1);
+    assert_eq!(drainer.open_exposures().len(), 1, "the other one is held");
+    assert!(drainer.backlog_bytes() > 0, "the cursor stays before the held exposure");
+    drop(drainer);
+    let _ = ingest.shutdown().expect("shutdown");
 }
