@@ -72,6 +72,8 @@ pub struct DrainOptions {
     pub multipart_threshold_bytes: usize,
     /// Size of each part of a multipart upload (S3 requires at least 5 MiB but the last).
     pub part_bytes: usize,
+    /// Parts of one multipart upload sent at once.
+    pub parts_in_flight: usize,
     /// The live lane: start at the ring's head and send only complete exposures, newest first,
     /// so live latency holds while the backlog lane (the persisted `drain` cursor, in order)
     /// catches up behind it; the backlog lane then finds those objects already at the base.
@@ -89,6 +91,7 @@ impl Default for DrainOptions {
             retry_max: Duration::from_secs(10),
             multipart_threshold_bytes: 32 << 20,
             part_bytes: 16 << 20,
+            parts_in_flight: 4,
             live: false,
         }
     }
@@ -603,37 +606,41 @@ impl Drainer {
     fn put_and_verify(&mut self, path: &ObjectPath, crc: u32) -> Result<(), String> {
         self.throttle();
         let store = Arc::clone(&self.store);
-        let (result, expected_etag) = if self.file.len() > self.options.multipart_threshold_bytes {
-            let parts: Vec<bytes::Bytes> =
-                self.file.chunks(self.options.part_bytes).map(bytes::Bytes::copy_from_slice).collect();
-            let etag = multipart_etag(&parts);
+        // One copy of the file into shared memory; the parts are slices of it.
+        let file = bytes::Bytes::copy_from_slice(&self.file);
+        let verify_by_etag = self.verify_by_etag;
+        let (result, expected_etag) = if file.len() > self.options.multipart_threshold_bytes {
+            let parts: Vec<bytes::Bytes> = (0..file.len())
+                .step_by(self.options.part_bytes)
+                .map(|start| file.slice(start..(start + self.options.part_bytes).min(file.len())))
+                .collect();
+            let etag = if verify_by_etag { multipart_etag(&parts) } else { String::new() };
+            let in_flight = self.options.parts_in_flight.max(1);
             let stale = &mut self.stale_uploads;
             let result = self.runtime.block_on(async {
+                use futures::{StreamExt, TryStreamExt};
                 let mut upload = store.put_multipart(path).await?;
-                for part in parts {
-                    if let Err(error) = upload.put_part(PutPayload::from(part)).await {
-                        // Leave no parts behind. If the abort fails too (the link is down), it
-                        // is retried before the next upload.
-                        if upload.abort().await.is_err() {
-                            stale.push(upload);
-                        }
-                        return Err(error);
-                    }
+                // put_part numbers the parts in call order; the uploads themselves run
+                // `parts_in_flight` at a time.
+                let uploads: Vec<_> =
+                    parts.into_iter().map(|part| upload.put_part(PutPayload::from(part))).collect();
+                let sent: Result<Vec<()>, object_store::Error> =
+                    futures::stream::iter(uploads).buffer_unordered(in_flight).try_collect().await;
+                let outcome = match sent {
+                    Ok(_) => upload.complete().await,
+                    Err(error) => Err(error),
+                };
+                if outcome.is_err() && upload.abort().await.is_err() {
+                    // Leave no parts behind: if the abort fails too (the link is down), it is
+                    // retried before the next upload.
+                    stale.push(upload);
                 }
-                match upload.complete().await {
-                    Ok(result) => Ok(result),
-                    Err(error) => {
-                        if upload.abort().await.is_err() {
-                            stale.push(upload);
-                        }
-                        Err(error)
-                    }
-                }
+                outcome
             });
             (result, etag)
         } else {
-            let payload = PutPayload::from(bytes::Bytes::copy_from_slice(&self.file));
-            (self.runtime.block_on(store.put(path, payload)), md5_hex(&self.file))
+            let etag = if verify_by_etag { md5_hex(&file) } else { String::new() };
+            (self.runtime.block_on(store.put(path, PutPayload::from(file))), etag)
         };
         let result = result.map_err(|error| format!("put {path}: {error}"))?;
         let verified_by_etag = self.verify_by_etag
