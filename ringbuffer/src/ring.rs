@@ -684,7 +684,8 @@ impl Ring {
         Ok(Appended { sequence: at.sequence, offset: at.offset })
     }
 
-    fn check_payload(&self, kind: RecordKind, padded: &[u8], payload_length: usize) -> Result<()> {
+    /// A record the caller may append: not one of the ring's own kinds, not over the maximum.
+    fn check_kind_and_length(&self, kind: RecordKind, payload_length: usize) -> Result<()> {
         if matches!(kind, RecordKind::Padding | RecordKind::Hole) {
             return Err(Error::InvalidConfig {
                 field: "kind",
@@ -696,6 +697,11 @@ impl Ring {
         if payload_length as u64 > max_bytes {
             return Err(Error::TooLarge { length_bytes: payload_length as u64, max_bytes });
         }
+        Ok(())
+    }
+
+    fn check_payload(&self, kind: RecordKind, padded: &[u8], payload_length: usize) -> Result<()> {
+        self.check_kind_and_length(kind, payload_length)?;
         let padded_length = usize::try_from(round_up_to_block(payload_length as u64)).expect("fits");
         if !is_block_aligned(padded) || padded.len() != padded_length {
             return Err(Error::Misaligned {
@@ -1081,17 +1087,7 @@ impl Ring {
     ) -> Result<PlannedAppend> {
         self.shared.check_poisoned()?;
         self.check_writable()?;
-        if matches!(kind, RecordKind::Padding | RecordKind::Hole) {
-            return Err(Error::InvalidConfig {
-                field: "kind",
-                value: format!("{kind:?}"),
-                reason: "padding and hole records are written by the ring itself".into(),
-            });
-        }
-        let max_bytes = u64::from(self.shared.geometry.max_payload_bytes);
-        if payload_length as u64 > max_bytes {
-            return Err(Error::TooLarge { length_bytes: payload_length as u64, max_bytes });
-        }
+        self.check_kind_and_length(kind, payload_length)?;
         let record_bytes = stored_record_bytes(payload_length as u64);
         let capacity = self.shared.geometry.capacity_bytes;
         let remaining_in_lap = capacity - self.shared.physical(self.written.offset);

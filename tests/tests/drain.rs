@@ -433,22 +433,9 @@ fn the_live_lane_sends_the_newest_exposure_while_the_backlog_lane_catches_up_in_
     let work = tempfile::tempdir().expect("tempdir");
     let base = work.path().join("base");
     std::fs::create_dir_all(&base).expect("base");
-    let mut create = CreateOptions::new(1 << 30, 2);
-    create.max_payload_bytes = 5 << 20;
-    let mut ring = Ring::create(&work.path().join("ring"), &create, RingOptions::default()).expect("ring");
-    ring.add_cursor("live", false).expect("live cursor");
-    let backlog_reader = ring.reader("drain").expect("drain cursor");
-    let live_reader = ring.reader("live").expect("live cursor");
-    let (frames, metadata) = (work.path().join("frames.sock"), work.path().join("metadata.sock"));
-    let ingest = IngestHandle::start(
-        ring,
-        Focalplane::latiss(),
-        &Endpoint::Unix(frames.clone()),
-        Some(&Endpoint::Unix(metadata.clone())),
-        IngestOptions::new("latiss"),
-        Arc::new(SystemClock),
-    )
-    .expect("ingest");
+    let LiveIngest { ingest, mut readers, frames, metadata } = start_ingest(work.path(), &["drain", "live"]);
+    let live_reader = readers.pop().expect("live reader");
+    let backlog_reader = readers.pop().expect("drain reader");
     // A backlog of three exposures (the link was down), then the link is back.
     play_latiss(&frames, &metadata, 0, 3);
     let wait_complete = |count: usize| {
@@ -655,20 +642,8 @@ fn an_exposure_without_metadata_is_held_in_the_ring_while_later_exposures_drain(
     let work = tempfile::tempdir().expect("tempdir");
     let base = work.path().join("base");
     std::fs::create_dir_all(&base).expect("base");
-    let mut create = CreateOptions::new(512 << 20, 2);
-    create.max_payload_bytes = 5 << 20;
-    let ring = Ring::create(&work.path().join("ring"), &create, RingOptions::default()).expect("ring");
-    let reader = ring.reader("drain").expect("drain cursor");
-    let (frames, metadata) = (work.path().join("frames.sock"), work.path().join("metadata.sock"));
-    let ingest = IngestHandle::start(
-        ring,
-        Focalplane::latiss(),
-        &Endpoint::Unix(frames.clone()),
-        Some(&Endpoint::Unix(metadata.clone())),
-        IngestOptions::new("latiss"),
-        Arc::new(SystemClock),
-    )
-    .expect("ingest");
+    let LiveIngest { ingest, mut readers, frames, metadata } = start_ingest(work.path(), &["drain"]);
+    let reader = readers.pop().expect("drain reader");
     play_latiss_with(&frames, None, 0, 1); // the header service was down
     play_latiss_with(&frames, Some(&metadata), 1, 1);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -703,4 +678,40 @@ fn an_exposure_without_metadata_is_held_in_the_ring_while_later_exposures_drain(
     assert!(drainer.backlog_bytes() > 0, "the cursor stays before the held exposure");
     drop(drainer);
     let _ = ingest.shutdown().expect("shutdown");
+}
+
+/// A running LATISS ingest into a new 1 GiB ring in `directory`, with readers on `cursors`
+/// (created as optional cursors if the ring does not have them), opened before the ring moves
+/// into the ingest.
+struct LiveIngest {
+    ingest: IngestHandle,
+    readers: Vec<ringbuffer::Reader>,
+    frames: PathBuf,
+    metadata: PathBuf,
+}
+
+fn start_ingest(directory: &Path, cursors: &[&str]) -> LiveIngest {
+    let mut create = CreateOptions::new(1 << 30, 2);
+    create.max_payload_bytes = 5 << 20;
+    let mut ring = Ring::create(&directory.join("ring"), &create, RingOptions::default()).expect("ring");
+    let readers = cursors
+        .iter()
+        .map(|cursor| {
+            if ring.reader(cursor).is_err() {
+                ring.add_cursor(cursor, false).expect("add cursor");
+            }
+            ring.reader(cursor).expect("reader")
+        })
+        .collect();
+    let (frames, metadata) = (directory.join("frames.sock"), directory.join("metadata.sock"));
+    let ingest = IngestHandle::start(
+        ring,
+        Focalplane::latiss(),
+        &Endpoint::Unix(frames.clone()),
+        Some(&Endpoint::Unix(metadata.clone())),
+        IngestOptions::new("latiss"),
+        Arc::new(SystemClock),
+    )
+    .expect("ingest");
+    LiveIngest { ingest, readers, frames, metadata }
 }
