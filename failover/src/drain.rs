@@ -444,14 +444,8 @@ impl Drainer {
             );
             return Ok(StepOutcome::Idle);
         };
-        let mut order: Vec<usize> = (0..self.focalplane.detectors().len()).collect();
-        order.sort_by_key(|&detector| match self.focalplane.detectors()[detector].kind() {
-            DetectorKind::WavefrontHalf => 0,
-            DetectorKind::Science => 1,
-            DetectorKind::Guider => 2,
-        });
         let mut files = 0;
-        for detector in order {
+        for detector in upload_order(&self.focalplane) {
             let geometry = self.focalplane.detectors()[detector];
             let raw = RawFile::new(geometry, &metadata).map_err(|error| DrainError::Assemble {
                 key: format!("exposure {exposure_id}"),
@@ -673,6 +667,18 @@ impl Drainer {
     }
 }
 
+/// Detector indexes in the order an exposure's files are sent: wavefront sensors, then science
+/// CCDs, then guiders (the observatory's ingest priority), focal-plane order within each kind.
+pub fn upload_order(focalplane: &Focalplane) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..focalplane.detectors().len()).collect();
+    order.sort_by_key(|&detector| match focalplane.detectors()[detector].kind() {
+        DetectorKind::WavefrontHalf => 0,
+        DetectorKind::Science => 1,
+        DetectorKind::Guider => 2,
+    });
+    order
+}
+
 /// Lower-case hex MD5 of `bytes`: the ETag S3 gives a single-part upload.
 fn md5_hex(bytes: &[u8]) -> String {
     use md5::Digest;
@@ -756,5 +762,39 @@ impl SegmentSource for RingSegments<'_> {
             sink(&record.payload[FRAME_HEADER_BLOCK_BYTES..FRAME_HEADER_BLOCK_BYTES + pixels])?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_go_out_wavefront_first_then_science_then_guiders() {
+        let focalplane = Focalplane::lsstcam_subset(&["R00", "R22", "R44"]).expect("rafts");
+        let kinds: Vec<DetectorKind> =
+            upload_order(&focalplane).iter().map(|&index| focalplane.detectors()[index].kind()).collect();
+        assert_eq!(kinds.len(), focalplane.detectors().len());
+        let first_science = kinds.iter().position(|kind| *kind == DetectorKind::Science).expect("science");
+        let first_guider = kinds.iter().position(|kind| *kind == DetectorKind::Guider).expect("guiders");
+        assert!(kinds[..first_science].iter().all(|kind| *kind == DetectorKind::WavefrontHalf));
+        assert_eq!(first_science, 4, "two corner rafts, two wavefront half-sensors each");
+        assert!(kinds[first_science..first_guider].iter().all(|kind| *kind == DetectorKind::Science));
+        assert!(kinds[first_guider..].iter().all(|kind| *kind == DetectorKind::Guider));
+    }
+
+    #[test]
+    fn the_multipart_etag_is_the_md5_of_the_part_md5s_and_the_part_count() {
+        // The S3 convention, computed independently with python's hashlib.
+        let output = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import hashlib; print(hashlib.md5(hashlib.md5(b'a').digest() + hashlib.md5(b'b').digest()).hexdigest())",
+            ])
+            .output()
+            .expect("python3");
+        let expected = format!("{}-2", String::from_utf8(output.stdout).expect("utf-8").trim());
+        let parts = [bytes::Bytes::from_static(b"a"), bytes::Bytes::from_static(b"b")];
+        assert_eq!(multipart_etag(&parts), expected);
     }
 }

@@ -483,7 +483,7 @@ fn the_live_lane_sends_the_newest_exposure_while_the_backlog_lane_catches_up_in_
     wait_complete(1);
     let deadline = Instant::now() + Duration::from_secs(60);
     let expected_files = 4;
-    while std::fs::read_dir(&base).is_err() || count_files(&base) < expected_files {
+    while walk_fits(&base).len() < expected_files {
         assert!(Instant::now() < deadline, "the base did not receive {expected_files} files");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -506,24 +506,6 @@ fn the_live_lane_sends_the_newest_exposure_while_the_backlog_lane_catches_up_in_
     assert!(newest_at < third_backlog_at, "the newest exposure reached the base before the backlog was done");
     assert_eq!(backlog_control.objects_already_present_total.load(Ordering::Relaxed), 1);
     assert_eq!(backlog_control.conflicts_total.load(Ordering::Relaxed), 0);
-}
-
-fn count_files(directory: &Path) -> usize {
-    std::fs::read_dir(directory)
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|entry| {
-                    let path = entry.path();
-                    if path.is_dir() {
-                        count_files(&path)
-                    } else {
-                        usize::from(path.extension().is_some_and(|extension| extension == "fits"))
-                    }
-                })
-                .sum()
-        })
-        .unwrap_or(0)
 }
 
 #[test]
@@ -673,7 +655,7 @@ fn an_exposure_without_metadata_is_held_in_the_ring_while_later_exposures_drain(
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(drained.len(), 1, "only the exposure with metadata is drained");
-    assert_eq!(count_files(&base), 1);
+    assert_eq!(walk_fits(&base).len(), 1);
     assert_eq!(drainer.open_exposures().len(), 1, "the other one is held");
     assert!(drainer.backlog_bytes() > 0, "the cursor stays before the held exposure");
     drop(drainer);
@@ -714,4 +696,74 @@ fn start_ingest(directory: &Path, cursors: &[&str]) -> LiveIngest {
     )
     .expect("ingest");
     LiveIngest { ingest, readers, frames, metadata }
+}
+
+#[test]
+fn an_exposure_missing_a_segment_is_drained_after_the_timeout_as_an_incomplete_file() {
+    use hw_sim::faults::{FaultKind, FaultPlan};
+
+    let work = tempfile::tempdir().expect("tempdir");
+    let base = work.path().join("base");
+    std::fs::create_dir_all(&base).expect("base");
+    let LiveIngest { ingest, mut readers, frames, metadata } = start_ingest(work.path(), &["drain"]);
+    let mut plan = NightPlan::baseline(START_NS, 0, 11);
+    plan.latiss = Some(LatissPlan { exposure_seconds: 30.0, cadence_seconds: 40.0, count: 1 });
+    let lsstcam = Focalplane::lsstcam_subset(&["R22"]).expect("R22");
+    let latiss = Focalplane::latiss();
+    let schedule = NightSchedule::new(plan, &lsstcam, &latiss).expect("schedule");
+    let mut options = PlayOptions::new(SkyParameters::default());
+    // Frame 5 and every later frame of its segment never arrive.
+    options.fault_plan = Some(FaultPlan::new(5).at(5, FaultKind::MissingSegment));
+    let mut sink = UnixFrameSender::connect(&frames).expect("connect frames");
+    let mut meta = UnixFrameSender::connect(&metadata).expect("connect metadata");
+    let report =
+        play_with_metadata(schedule, &mut sink, Some(&mut meta), options, &mut |_| {}).expect("play");
+    assert_eq!(report.fault_counts.get(FaultKind::MissingSegment), 1);
+    drop((sink, meta));
+    std::thread::sleep(Duration::from_millis(500)); // everything sent is durable
+
+    let store = Arc::new(LocalFileSystem::new_with_prefix(&base).expect("base directory"));
+    let drain_options =
+        DrainOptions { incomplete_timeout: Duration::from_millis(300), ..DrainOptions::default() };
+    let mut drainer = Drainer::new(
+        readers.pop().expect("drain reader"),
+        store,
+        false,
+        Focalplane::latiss(),
+        Arc::new(SystemClock),
+        drain_options,
+    )
+    .expect("drainer");
+    let stop = AtomicBool::new(false);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let outcome = loop {
+        assert!(Instant::now() < deadline, "the incomplete exposure was never drained");
+        match drainer.step(&stop).expect("step") {
+            StepOutcome::Drained { incomplete, files, .. } => break (incomplete, files),
+            _ => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    assert_eq!(outcome, (true, 1), "drained once, marked incomplete");
+    assert_eq!(drainer.control().exposures_incomplete_total.load(Ordering::Relaxed), 1);
+    assert_eq!(drainer.backlog_bytes(), 0, "the cursor moved past it: it is not held forever");
+    let file = walk_fits(&base).pop().expect("one file at the base");
+    fitsverify(&file);
+    let bytes = std::fs::read(&file).expect("file");
+    let primary = String::from_utf8_lossy(&bytes[..2880 * 4]);
+    assert!(primary.contains("INCOMPL =                    T"), "the primary header says INCOMPL = T");
+    drop(drainer);
+    let _ = ingest.shutdown().expect("shutdown");
+}
+
+fn walk_fits(directory: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(directory).expect("read dir").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(walk_fits(&path));
+        } else if path.extension().is_some_and(|extension| extension == "fits") {
+            found.push(path);
+        }
+    }
+    found
 }
