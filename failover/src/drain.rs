@@ -603,6 +603,12 @@ impl Drainer {
         // One copy of the file into shared memory; the parts are slices of it.
         let file = bytes::Bytes::copy_from_slice(&self.file);
         let verify_by_etag = self.verify_by_etag;
+        // The file's CRC32 travels with the object as user metadata (`x-amz-meta-crc32`) so any
+        // client can check it; only S3-like stores (the ETag mode) keep user metadata.
+        let mut attributes = object_store::Attributes::new();
+        if verify_by_etag {
+            attributes.insert(object_store::Attribute::Metadata("crc32".into()), format!("{crc:08x}").into());
+        }
         let (result, expected_etag) = if file.len() > self.options.multipart_threshold_bytes {
             let parts: Vec<bytes::Bytes> = (0..file.len())
                 .step_by(self.options.part_bytes)
@@ -613,7 +619,7 @@ impl Drainer {
             let stale = &mut self.stale_uploads;
             let result = self.runtime.block_on(async {
                 use futures::{StreamExt, TryStreamExt};
-                let mut upload = store.put_multipart(path).await?;
+                let mut upload = store.put_multipart_opts(path, attributes.clone().into()).await?;
                 // put_part numbers the parts in call order; the uploads themselves run
                 // `parts_in_flight` at a time.
                 let uploads: Vec<_> =
@@ -634,7 +640,7 @@ impl Drainer {
             (result, etag)
         } else {
             let etag = if verify_by_etag { md5_hex(&file) } else { String::new() };
-            (self.runtime.block_on(store.put(path, PutPayload::from(file))), etag)
+            (self.runtime.block_on(store.put_opts(path, PutPayload::from(file), attributes.into())), etag)
         };
         let result = result.map_err(|error| format!("put {path}: {error}"))?;
         let verified_by_etag = self.verify_by_etag

@@ -307,6 +307,14 @@ fn drained_objects_in_a_real_s3_server_read_back_with_boto3_identical() {
     }
     let listing = server.boto3("print(s3.list_objects_v2(Bucket='base')['KeyCount'])");
     assert_eq!(listing.trim(), EXPOSURES.to_string(), "exactly the expected objects, no extras");
+    // The CRC32 travels with each object as user metadata.
+    for (key, bytes) in expected_files() {
+        let stored = server.boto3(&format!(
+            "print(s3.head_object(Bucket='base', Key='{}')['Metadata'].get('crc32', 'absent'))",
+            key.display()
+        ));
+        assert_eq!(stored.trim(), format!("{:08x}", crc32fast::hash(&bytes)), "{}", key.display());
+    }
 }
 
 #[test]
