@@ -45,6 +45,8 @@ use crate::protocol::frame::{FrameHeader, FRAME_HEADER_BLOCK_BYTES};
 use crate::source::remove_stale_socket;
 
 const BLOCK: usize = FRAME_HEADER_BLOCK_BYTES;
+/// How often the loop accepts new connections and checks completeness deadlines.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Checks that this kernel (and any seccomp profile or `kernel.io_uring_disabled`) lets us create
 /// an io_uring with the operations the ingest uses; the error says why not.
@@ -314,6 +316,7 @@ impl Loop {
         shutdown: &AtomicBool,
     ) -> Result<(), String> {
         let mut last_stats = Instant::now();
+        let mut last_housekeeping = Instant::now() - HOUSEKEEPING_INTERVAL;
         let mut accepted_once = false;
         // Until the metadata thread has ended (it stops at shutdown or at the end of a file),
         // messages it already received may still arrive: the loop ends only after them.
@@ -323,8 +326,17 @@ impl Loop {
                 return Ok(());
             }
             let stopping = shutdown.load(Ordering::Relaxed);
+            // Housekeeping (accept, deadlines) at most every HOUSEKEEPING_INTERVAL: the loop turns
+            // once per completion, many times per frame while a socket delivers it in pieces.
+            let housekeeping = last_housekeeping.elapsed() >= HOUSEKEEPING_INTERVAL;
+            if housekeeping {
+                last_housekeeping = Instant::now();
+                self.core.poll_deadlines();
+            }
             if !stopping {
-                accepted_once |= self.accept_connections();
+                if housekeeping || !accepted_once {
+                    accepted_once |= self.accept_connections();
+                }
             } else {
                 self.stop_reading();
             }
@@ -360,7 +372,6 @@ impl Loop {
                 return Ok(());
             }
             self.wait_and_complete(Duration::from_millis(5).min(self.core.options.max_commit_delay))?;
-            self.core.poll_deadlines();
             if last_stats.elapsed() >= Duration::from_millis(200) {
                 self.core.publish_ring_stats();
                 last_stats = Instant::now();

@@ -103,6 +103,11 @@ struct Cli {
     /// io_uring, portable, fio, naive or socket.
     #[arg(long)]
     only: Option<String>,
+    /// Measure on written extents instead of fresh `fallocate`d ones: create the throughput rings
+    /// with `zero_fill` and write fio's file once before its timed run (the state of a ring after
+    /// its first lap). Isolates ext4's unwritten-extent conversion at `fdatasync`.
+    #[arg(long)]
+    zero_fill: bool,
 }
 
 fn size_arg(text: &str) -> Result<u64, String> {
@@ -340,6 +345,7 @@ impl CpuMark {
 fn create_ring(dir: &Path, capacity: u64) -> Result<Ring, BoxError> {
     let mut create = CreateOptions::new(round_up_to_block(capacity), 2);
     create.max_payload_bytes = 5 << 20;
+    create.zero_fill = ZERO_FILL.get().copied().unwrap_or(false);
     Ok(Ring::create(&dir.join("ring"), &create, RingOptions::default())?)
 }
 
@@ -508,6 +514,10 @@ fn naive_throughput(
 /// (c): fio, same block size as one ring record of a whole-segment frame, same directory.
 fn fio_throughput(dir: &Path, block: u64, total: u64, group: u64, depth: u32) -> Result<Measured, BoxError> {
     let file = dir.join("fio-reference.dat");
+    if ZERO_FILL.get().copied().unwrap_or(false) {
+        // Same extent state as a zero-filled ring: the file is written once, untimed, first.
+        run_fio(&fio_args(&file, block, total, group, depth)).map_err(|e| e.to_string())?;
+    }
     settle();
     let result = run_fio(&fio_args(&file, block, total, group, depth)).map_err(|e| e.to_string())?;
     std::fs::remove_file(&file)?;
@@ -648,6 +658,8 @@ fn ingest_rss(
 
 /// `--max-open-exposures`, set once at start.
 static MAX_OPEN_EXPOSURES: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+/// `--zero-fill`: rings created with `zero_fill` and fio files written once before the timed run.
+static ZERO_FILL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
 
 const WHOLE_FRAME_BYTES: u64 = dma_ingest::config::WHOLE_SEGMENT_FRAME_BYTES as u64;
 
@@ -682,6 +694,7 @@ fn run(cli: &Cli) -> Result<ExitCode, BoxError> {
     }
     dma_ingest::probe_io_uring().map_err(|reason| format!("io_uring is not usable here: {reason}"))?;
     let _ = MAX_OPEN_EXPOSURES.set(cli.max_open_exposures);
+    let _ = ZERO_FILL.set(cli.zero_fill);
     let dir = &cli.dir;
     std::fs::create_dir_all(dir)?;
     for leftover in ["ring", "fio-reference.dat", "naive.dat"] {
