@@ -67,7 +67,7 @@
 //!
 //! # Wire codes
 //!
-//! The reverse of `hw-sim`'s `raft_wire_code`, `sensor_wire_code` and `segment_wire_code`
+//! The reverse of [`raft_wire_code`](crate::protocol::frame::raft_wire_code), `sensor_wire_code` and `segment_wire_code`
 //! (`docs/daq-frame-protocol.md`): [`raft_from_wire`], [`sensor_from_wire`],
 //! [`segment_index_from_wire`], [`instrument_from_wire`] and [`detector_index_from_wire`].
 
@@ -1028,31 +1028,14 @@ fn bitmap_clear(bitmap: &mut RowBitmap, start: usize, end: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::frame::{FrameFields, InstrumentCode, FLAG_END_OF_SEGMENT};
-    use crate::protocol::geometry::{Segment, LSSTCAM_SEGMENT_COUNT, SEGMENT_COLUMNS};
+    use crate::protocol::frame::{
+        raft_wire_code, segment_wire_code, sensor_wire_code, FrameFields, InstrumentCode, FLAG_END_OF_SEGMENT,
+    };
+    use crate::protocol::geometry::{LSSTCAM_SEGMENT_COUNT, SEGMENT_COLUMNS};
 
     const EXPOSURE: u64 = 2025041500060;
     const SECOND: u64 = 1_000_000_000;
     const T0: u64 = 1_000 * SECOND;
-
-    // The forward mapping, as hw-sim/src/driver.rs writes it.
-    fn raft_wire_code(raft: RaftId) -> u8 {
-        raft.row() * 10 + raft.column()
-    }
-
-    fn sensor_wire_code(sensor: SensorId) -> u8 {
-        let name = sensor.name().as_bytes();
-        let digit = |index: usize| name[index] - b'0';
-        match sensor.kind() {
-            DetectorKind::Science => digit(1) * 10 + digit(2),
-            DetectorKind::Guider => 30 + digit(2),
-            DetectorKind::WavefrontHalf => 40 + digit(2),
-        }
-    }
-
-    fn segment_wire_code(segment: &Segment) -> u8 {
-        segment.extname().trim_start_matches("Segment").parse().expect("two digits")
-    }
 
     fn zeros() -> &'static [u8] {
         static ZEROS: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();

@@ -326,11 +326,11 @@ impl Drainer {
             let Some(record) = self.reader.next_record()? else { break };
             let info = record.info;
             match info.kind {
-                RecordKind::Frame => match index_frame(&self.focalplane, record.payload) {
+                RecordKind::Frame => match index_frame(&self.focalplane, info, record.payload) {
                     Some((exposure_id, detector, segment, frame)) => {
                         let at = self.exposure_slot(exposure_id, info.position, &mut forced);
                         let exposure = &mut self.open[at];
-                        exposure.frames[detector][segment].push(FrameRef { info, ..frame });
+                        exposure.frames[detector][segment].push(frame);
                         exposure.last_seen_ns = self.clock.now_ns();
                     }
                     None => self.unusable(&info, "frame that does not decode for this focal plane"),
@@ -589,9 +589,7 @@ impl Drainer {
     /// The ETag an S3 store gives `self.file` as this drain uploads it (single part or multipart).
     fn expected_etag(&self) -> String {
         if self.file.len() > self.options.multipart_threshold_bytes {
-            let parts: Vec<bytes::Bytes> =
-                self.file.chunks(self.options.part_bytes).map(bytes::Bytes::copy_from_slice).collect();
-            multipart_etag(&parts)
+            multipart_etag(self.file.chunks(self.options.part_bytes))
         } else {
             md5_hex(&self.file)
         }
@@ -603,18 +601,18 @@ impl Drainer {
         // One copy of the file into shared memory; the parts are slices of it.
         let file = bytes::Bytes::copy_from_slice(&self.file);
         let verify_by_etag = self.verify_by_etag;
+        let expected_etag = if verify_by_etag { self.expected_etag() } else { String::new() };
         // The file's CRC32 travels with the object as user metadata (`x-amz-meta-crc32`) so any
         // client can check it; only S3-like stores (the ETag mode) keep user metadata.
         let mut attributes = object_store::Attributes::new();
         if verify_by_etag {
             attributes.insert(object_store::Attribute::Metadata("crc32".into()), format!("{crc:08x}").into());
         }
-        let (result, expected_etag) = if file.len() > self.options.multipart_threshold_bytes {
+        let result = if file.len() > self.options.multipart_threshold_bytes {
             let parts: Vec<bytes::Bytes> = (0..file.len())
                 .step_by(self.options.part_bytes)
                 .map(|start| file.slice(start..(start + self.options.part_bytes).min(file.len())))
                 .collect();
-            let etag = if verify_by_etag { multipart_etag(&parts) } else { String::new() };
             let in_flight = self.options.parts_in_flight.max(1);
             let stale = &mut self.stale_uploads;
             let result = self.runtime.block_on(async {
@@ -637,10 +635,9 @@ impl Drainer {
                 }
                 outcome
             });
-            (result, etag)
+            result
         } else {
-            let etag = if verify_by_etag { md5_hex(&file) } else { String::new() };
-            (self.runtime.block_on(store.put_opts(path, PutPayload::from(file), attributes.into())), etag)
+            self.runtime.block_on(store.put_opts(path, PutPayload::from(file), attributes.into()))
         };
         let result = result.map_err(|error| format!("put {path}: {error}"))?;
         let verified_by_etag = self.verify_by_etag
@@ -692,18 +689,24 @@ fn md5_hex(bytes: &[u8]) -> String {
 }
 
 /// The ETag S3 gives a multipart upload: the MD5 of the parts' binary MD5s, then `-{parts}`.
-fn multipart_etag(parts: &[bytes::Bytes]) -> String {
+fn multipart_etag<'a>(parts: impl Iterator<Item = &'a [u8]>) -> String {
     use md5::Digest;
-    let mut digests = Vec::with_capacity(parts.len() * 16);
+    let mut digests = Vec::new();
+    let mut count = 0;
     for part in parts {
         digests.extend_from_slice(&md5::Md5::digest(part));
+        count += 1;
     }
-    format!("{}-{}", md5_hex(&digests), parts.len())
+    format!("{}-{count}", md5_hex(&digests))
 }
 
 /// Decodes a frame record: `(exposure, detector index, segment index, frame)` for this focal
 /// plane, with the pixels' ones'-complement sum.
-fn index_frame(focalplane: &Focalplane, payload: &[u8]) -> Option<(u64, usize, usize, FrameRef)> {
+fn index_frame(
+    focalplane: &Focalplane,
+    info: RecordInfo,
+    payload: &[u8],
+) -> Option<(u64, usize, usize, FrameRef)> {
     let header = FrameHeader::parse(payload).ok()?;
     let detector = detector_index_from_wire(focalplane, header.raft, header.sensor)?;
     let kind = focalplane.detectors()[detector].kind();
@@ -711,15 +714,7 @@ fn index_frame(focalplane: &Focalplane, payload: &[u8]) -> Option<(u64, usize, u
     let pixels = payload
         .get(FRAME_HEADER_BLOCK_BYTES..FRAME_HEADER_BLOCK_BYTES + header.payload_length.get() as usize)?;
     let frame = FrameRef {
-        info: RecordInfo {
-            sequence: 0,
-            kind: RecordKind::Frame,
-            flags: 0,
-            stream_id: 0,
-            timestamp_ns: 0,
-            position: ringbuffer::Position { offset: 0, sequence: 0 },
-            end: ringbuffer::Position { offset: 0, sequence: 0 },
-        },
+        info,
         first_row: header.first_row.get(),
         row_count: header.row_count.get(),
         sum: ones_complement_sum(pixels),
@@ -800,7 +795,6 @@ mod tests {
             .output()
             .expect("python3");
         let expected = format!("{}-2", String::from_utf8(output.stdout).expect("utf-8").trim());
-        let parts = [bytes::Bytes::from_static(b"a"), bytes::Bytes::from_static(b"b")];
-        assert_eq!(multipart_etag(&parts), expected);
+        assert_eq!(multipart_etag([&b"a"[..], &b"b"[..]].into_iter()), expected);
     }
 }

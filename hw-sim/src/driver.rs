@@ -40,11 +40,9 @@ use std::time::{Duration, Instant};
 
 use crate::faults::{FaultCounts, FaultInjector, FaultPlan};
 use crate::frame::{
-    encode_frame, frame_length_bytes, FrameFields, InstrumentCode, FLAG_END_OF_EXPOSURE, FLAG_END_OF_SEGMENT,
+    encode_frame, frame_length_bytes, FrameFields, FLAG_END_OF_EXPOSURE, FLAG_END_OF_SEGMENT,
 };
-use crate::geometry::{
-    DetectorKind, Instrument, RaftId, Segment, SensorId, SEGMENT_COLUMNS, SEGMENT_ROWS, SEGMENT_SIZE_BYTES,
-};
+use crate::geometry::{Instrument, SEGMENT_COLUMNS, SEGMENT_ROWS, SEGMENT_SIZE_BYTES};
 use crate::header_service::{EventKind, HeaderEvent};
 use crate::metadata::encode_message;
 use crate::night::{Event, NightSchedule, TimeCompression};
@@ -366,42 +364,15 @@ fn send(sink: &mut dyn FrameSink, frame: &[u8], report: &mut PlayReport) -> io::
     Ok(())
 }
 
-/// The frame protocol's camera byte.
-pub fn instrument_code(instrument: Instrument) -> InstrumentCode {
-    match instrument {
-        Instrument::LsstCam => InstrumentCode::LsstCam,
-        Instrument::Latiss => InstrumentCode::Latiss,
-    }
-}
-
-/// The raft's two digits: `R22` → 22, `R00` → 0.
-pub fn raft_wire_code(raft: RaftId) -> u8 {
-    raft.row() * 10 + raft.column()
-}
-
-/// `S11` → 11; guiders `SG0`/`SG1` → 30/31; wavefront `SW0`/`SW1` → 40/41.
-pub fn sensor_wire_code(sensor: SensorId) -> u8 {
-    let name = sensor.name().as_bytes();
-    let digit = |index: usize| name[index] - b'0';
-    match sensor.kind() {
-        DetectorKind::Science => digit(1) * 10 + digit(2),
-        DetectorKind::Guider => 30 + digit(2),
-        DetectorKind::WavefrontHalf => 40 + digit(2),
-    }
-}
-
-/// The digits of the EXTNAME: `Segment10` → 10, `Segment07` → 7.
-pub fn segment_wire_code(segment: &Segment) -> u8 {
-    let digits = segment.extname().trim_start_matches("Segment");
-    digits.parse().expect("EXTNAMEs are Segment followed by two digits")
-}
+/// The wire codes of the frame header (defined once, with their reverse, in the protocol).
+pub use crate::frame::{instrument_code, raft_wire_code, segment_wire_code, sensor_wire_code};
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::faults::FaultKind;
-    use crate::frame::decode_frame;
-    use crate::geometry::Focalplane;
+    use crate::frame::{decode_frame, InstrumentCode};
+    use crate::geometry::{Focalplane, RaftId, SensorId};
     use crate::night::{LatissPlan, NightPlan};
     use crate::transport::{FrameWriter, ReplayFileReader, ReplayFileWriter};
     use std::collections::HashSet;

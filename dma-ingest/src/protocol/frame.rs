@@ -9,6 +9,8 @@
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
+use crate::protocol::geometry::{DetectorKind, Instrument, RaftId, Segment, SensorId};
+
 /// `"DAQF"`.
 pub const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"DAQF");
 /// The protocol version this code writes and the newest it reads.
@@ -315,6 +317,36 @@ impl FrameHeader {
         }
         Ok(())
     }
+}
+
+/// The frame protocol's camera byte.
+pub fn instrument_code(instrument: Instrument) -> InstrumentCode {
+    match instrument {
+        Instrument::LsstCam => InstrumentCode::LsstCam,
+        Instrument::Latiss => InstrumentCode::Latiss,
+    }
+}
+
+/// The raft's two digits: `R22` → 22, `R00` → 0.
+pub fn raft_wire_code(raft: RaftId) -> u8 {
+    raft.row() * 10 + raft.column()
+}
+
+/// `S11` → 11; guiders `SG0`/`SG1` → 30/31; wavefront `SW0`/`SW1` → 40/41.
+pub fn sensor_wire_code(sensor: SensorId) -> u8 {
+    let name = sensor.name().as_bytes();
+    let digit = |index: usize| name[index] - b'0';
+    match sensor.kind() {
+        DetectorKind::Science => digit(1) * 10 + digit(2),
+        DetectorKind::Guider => 30 + digit(2),
+        DetectorKind::WavefrontHalf => 40 + digit(2),
+    }
+}
+
+/// The digits of the EXTNAME: `Segment10` → 10, `Segment07` → 7.
+pub fn segment_wire_code(segment: &Segment) -> u8 {
+    let digits = segment.extname().trim_start_matches("Segment");
+    digits.parse().expect("EXTNAMEs are Segment followed by two digits")
 }
 
 /// Total frame bytes for a payload of `payload_bytes`.
