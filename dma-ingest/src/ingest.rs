@@ -110,13 +110,12 @@ impl IngestHandle {
         };
         let thread_shutdown = Arc::clone(&shutdown);
         let builder = std::thread::Builder::new().name(format!("ingest-{stream}"));
+        let listener = crate::source::Listener::open(frames).map_err(StartError::Endpoint)?;
         let thread = match backend {
             Backend::IoUring => {
-                let accepting = crate::uring::Accepting::open(frames).map_err(StartError::Endpoint)?;
-                builder.spawn(move || crate::uring::run(core, accepting, metadata_items, thread_shutdown))
+                builder.spawn(move || crate::uring::run(core, listener, metadata_items, thread_shutdown))
             }
             Backend::Portable => {
-                let listener = crate::source::Listener::open(frames).map_err(StartError::Endpoint)?;
                 builder.spawn(move || crate::portable::run(core, listener, metadata_items, thread_shutdown))
             }
         }

@@ -14,12 +14,22 @@ use crate::config::Endpoint;
 /// How often a blocked accept or read looks at the shutdown flag.
 pub(crate) const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
 
-/// A listening endpoint, or a file to read once.
+/// A listening endpoint, or a file to read once. Opened before an ingest thread starts, so a
+/// sender can connect as soon as `IngestHandle::start` returns; both I/O paths accept from it.
 pub(crate) enum Listener {
     Unix(UnixListener),
     Tcp(TcpListener),
-    /// A replay file or a device: a single "connection", opened at start.
-    Once(Option<(Box<dyn Read + Send>, String)>),
+    /// A replay file (`positional`: read at explicit offsets) or a device (a stream): a single
+    /// "connection", opened at start.
+    Once(Option<(File, String, bool)>),
+}
+
+/// One accepted connection, before either path prepares it.
+pub(crate) enum Accepted {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+    /// A replay file or a device, and whether it is read at explicit offsets.
+    File(File, bool),
 }
 
 impl Listener {
@@ -45,46 +55,61 @@ impl Listener {
             }
             Endpoint::File(path) | Endpoint::Device(path) => {
                 let file = File::open(path).map_err(|error| context(error, "cannot open"))?;
-                Ok(Listener::Once(Some((Box::new(file), endpoint.to_string()))))
+                let positional = matches!(endpoint, Endpoint::File(_));
+                Ok(Listener::Once(Some((file, endpoint.to_string(), positional))))
             }
         }
     }
 
-    /// The next connection, or `None` when there is none right now (sockets) or any more (files).
-    pub(crate) fn accept(&mut self, number: u64) -> io::Result<Option<(Box<dyn Read + Send>, String)>> {
+    /// The next connection and its name (`unix#3`, `tcp#1 PEER`, the endpoint of a file), or
+    /// `None` when there is none right now (sockets) or any more (files). Accepted sockets are
+    /// blocking; TCP ones have `TCP_NODELAY`.
+    pub(crate) fn accept_raw(&mut self, number: u64) -> io::Result<Option<(Accepted, String)>> {
         let accepted = match self {
-            Listener::Unix(listener) => listener.accept().map(|(stream, _)| {
-                prepare_unix(&stream)
-                    .map(|()| (Box::new(stream) as Box<dyn Read + Send>, format!("unix#{number}")))
+            Listener::Unix(listener) => listener.accept().and_then(|(stream, _)| {
+                stream.set_nonblocking(false)?;
+                Ok((Accepted::Unix(stream), format!("unix#{number}")))
             }),
-            Listener::Tcp(listener) => listener.accept().map(|(stream, peer)| {
-                prepare_tcp(&stream)
-                    .map(|()| (Box::new(stream) as Box<dyn Read + Send>, format!("tcp#{number} {peer}")))
+            Listener::Tcp(listener) => listener.accept().and_then(|(stream, peer)| {
+                stream.set_nonblocking(false)?;
+                stream.set_nodelay(true)?;
+                Ok((Accepted::Tcp(stream), format!("tcp#{number} {peer}")))
             }),
-            Listener::Once(once) => return Ok(once.take()),
+            Listener::Once(once) => {
+                return Ok(once
+                    .take()
+                    .map(|(file, name, positional)| (Accepted::File(file, positional), name)));
+            }
         };
         match accepted {
-            Ok(prepared) => prepared.map(Some),
+            Ok(accepted) => Ok(Some(accepted)),
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(None),
             Err(error) => Err(error),
         }
+    }
+
+    /// [`Listener::accept_raw`] as a blocking reader whose reads time out every
+    /// [`SHUTDOWN_POLL`], so a reader thread notices a shutdown while its sender is silent.
+    pub(crate) fn accept(&mut self, number: u64) -> io::Result<Option<(Box<dyn Read + Send>, String)>> {
+        let Some((accepted, name)) = self.accept_raw(number)? else { return Ok(None) };
+        let reader: Box<dyn Read + Send> = match accepted {
+            Accepted::Unix(stream) => {
+                stream.set_read_timeout(Some(SHUTDOWN_POLL))?;
+                Box::new(stream)
+            }
+            Accepted::Tcp(stream) => {
+                stream.set_read_timeout(Some(SHUTDOWN_POLL))?;
+                Box::new(stream)
+            }
+            Accepted::File(file, _) => Box::new(file),
+        };
+        Ok(Some((reader, name)))
     }
 
     /// True for a file or device (one connection, then done).
     pub(crate) fn is_once(&self) -> bool {
         matches!(self, Listener::Once(_))
     }
-}
-
-fn prepare_unix(stream: &UnixStream) -> io::Result<()> {
-    stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(SHUTDOWN_POLL))
-}
-
-fn prepare_tcp(stream: &TcpStream) -> io::Result<()> {
-    stream.set_nonblocking(false)?;
-    stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(SHUTDOWN_POLL))
 }
 
 /// Removes `path` if it is a socket nobody listens on; refuses to remove anything else.

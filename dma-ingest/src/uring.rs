@@ -22,11 +22,8 @@
 #![allow(unsafe_code)]
 
 use std::collections::VecDeque;
-use std::fs::File;
 use std::io;
-use std::net::TcpListener;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::net::UnixListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
@@ -36,13 +33,12 @@ use io_uring::{opcode, types, IoUring};
 use ringbuffer::{AlignedBuf, Error as RingError, RecordKind, Ring, SyncTicket};
 
 use crate::completeness::Admitted;
-use crate::config::Endpoint;
 use crate::core::{
     check_payload, parse_header, ConnectionState, IngestCounters, IngestEvent, RejectKind, StreamCore,
 };
 use crate::metadata_channel::MetadataItem;
 use crate::protocol::frame::{FrameHeader, FRAME_HEADER_BLOCK_BYTES};
-use crate::source::remove_stale_socket;
+use crate::source::{Accepted, Listener};
 
 const BLOCK: usize = FRAME_HEADER_BLOCK_BYTES;
 /// How often the loop accepts new connections and checks completeness deadlines.
@@ -146,64 +142,13 @@ struct Connection {
     finished: Option<bool>,
 }
 
-/// The listening side of the frame endpoint, opened before the ingest thread starts so that a
-/// sender can connect as soon as `start` returns.
-pub(crate) enum Accepting {
-    Unix(UnixListener),
-    Tcp(TcpListener),
-    /// A replay file (positional reads) or a device (a stream): one connection.
-    Once(Option<(OwnedFd, String, bool)>),
-}
-
-impl Accepting {
-    pub(crate) fn open(endpoint: &Endpoint) -> io::Result<Accepting> {
-        let context = |error: io::Error, what: &str| {
-            io::Error::new(error.kind(), format!("{what} {endpoint}: {error}"))
-        };
-        Ok(match endpoint {
-            Endpoint::Unix(path) => {
-                remove_stale_socket(path)
-                    .map_err(|error| context(error, "cannot replace the socket file of"))?;
-                let listener =
-                    UnixListener::bind(path).map_err(|error| context(error, "cannot listen on"))?;
-                listener.set_nonblocking(true)?;
-                Accepting::Unix(listener)
-            }
-            Endpoint::Tcp(address) => {
-                let listener =
-                    TcpListener::bind(address).map_err(|error| context(error, "cannot listen on"))?;
-                listener.set_nonblocking(true)?;
-                Accepting::Tcp(listener)
-            }
-            Endpoint::File(path) | Endpoint::Device(path) => {
-                let file = File::open(path).map_err(|error| context(error, "cannot open"))?;
-                let positional = matches!(endpoint, Endpoint::File(_));
-                Accepting::Once(Some((OwnedFd::from(file), endpoint.to_string(), positional)))
-            }
-        })
-    }
-
-    fn accept(&mut self, number: u64) -> io::Result<Option<(OwnedFd, String, bool)>> {
-        let accepted = match self {
-            Accepting::Unix(listener) => listener.accept().map(|(stream, _)| {
-                stream
-                    .set_nonblocking(false)
-                    .map(|()| (OwnedFd::from(stream), format!("unix#{number}"), false))
-            }),
-            Accepting::Tcp(listener) => listener.accept().map(|(stream, peer)| {
-                stream
-                    .set_nonblocking(false)
-                    .and_then(|()| stream.set_nodelay(true))
-                    .map(|()| (OwnedFd::from(stream), format!("tcp#{number} {peer}"), false))
-            }),
-            Accepting::Once(once) => return Ok(once.take()),
-        };
-        match accepted {
-            Ok(prepared) => prepared.map(Some),
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(None),
-            Err(error) => Err(error),
-        }
-    }
+/// An accepted connection as a descriptor, and whether it is read at explicit offsets.
+fn accept_fd(listener: &mut Listener, number: u64) -> io::Result<Option<(OwnedFd, String, bool)>> {
+    Ok(listener.accept_raw(number)?.map(|(accepted, name)| match accepted {
+        Accepted::Unix(stream) => (OwnedFd::from(stream), name, false),
+        Accepted::Tcp(stream) => (OwnedFd::from(stream), name, false),
+        Accepted::File(file, positional) => (OwnedFd::from(file), name, positional),
+    }))
 }
 
 /// The loop's state. Field order matters: `uring` is dropped before `buffers`.
@@ -213,7 +158,7 @@ struct Loop {
     buffers: Vec<AlignedBuf>,
     slots: Vec<Slot>,
     connections: Vec<Option<Connection>>,
-    accepting: Accepting,
+    accepting: Listener,
     once: bool,
     connection_number: u64,
     /// Buffers with a write in flight or written, in plan order.
@@ -243,7 +188,7 @@ struct Confirmed {
 /// and everything received is durable; returns the ring.
 pub(crate) fn run(
     core: StreamCore,
-    accepting: Accepting,
+    accepting: Listener,
     metadata: Option<Receiver<MetadataItem>>,
     shutdown: Arc<AtomicBool>,
 ) -> Result<Ring, String> {
@@ -276,7 +221,7 @@ pub(crate) fn run(
         )
     })?;
     let fixed_file = uring.submitter().register_files(&[ring_fd]).is_ok();
-    let once = matches!(accepting, Accepting::Once(_));
+    let once = accepting.is_once();
     let mut state = Loop {
         uring,
         slots: (0..options.buffer_count).map(|_| Slot::Free).collect(),
@@ -383,7 +328,7 @@ impl Loop {
         let mut accepted = false;
         loop {
             let number = self.connection_number + 1;
-            match self.accepting.accept(number) {
+            match accept_fd(&mut self.accepting, number) {
                 Ok(Some((fd, name, is_file))) => {
                     self.connection_number = number;
                     accepted = true;
