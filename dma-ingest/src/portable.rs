@@ -41,7 +41,7 @@ pub(crate) enum Item {
 /// ends) and everything received is durable; returns the ring.
 pub(crate) fn run(
     mut core: StreamCore,
-    mut listener: Listener,
+    listener: Listener,
     metadata: Option<Receiver<MetadataItem>>,
     shutdown: Arc<AtomicBool>,
 ) -> Result<Ring, String> {
@@ -78,68 +78,20 @@ pub(crate) fn run(
             .expect("spawn the metadata forwarder")
     });
 
-    let acceptor = {
-        let items_tx = items_tx.clone();
-        let free_tx = free_tx.clone();
-        let stop = Arc::clone(&readers_stop);
-        let observer = Arc::clone(&core.observer);
-        let open = Arc::clone(&open_connections);
-        let options = options.clone();
-        thread::Builder::new()
-            .name(format!("{}-accept", options.stream))
-            .spawn(move || {
-                let once = listener.is_once();
-                let mut number = 0u64;
-                let mut readers = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    match listener.accept(number + 1) {
-                        Ok(Some((stream, name))) => {
-                            number += 1;
-                            IngestCounters::add(&observer.counters.connections_total, 1);
-                            if open.load(Ordering::Relaxed) >= options.max_connections {
-                                IngestCounters::add(&observer.counters.connections_refused_total, 1);
-                                let (stream, max) = (&options.stream, options.max_connections);
-                                tracing::warn!(%stream, %name, max, "connection refused: too many open");
-                                continue;
-                            }
-                            open.fetch_add(1, Ordering::Relaxed);
-                            let reader = Reader {
-                                connection: number,
-                                name,
-                                input: stream,
-                                items: items_tx.clone(),
-                                free: Arc::clone(&free_rx),
-                                free_tx: free_tx.clone(),
-                                stop: Arc::clone(&stop),
-                                observer: Arc::clone(&observer),
-                                max_frame_bytes: options.max_frame_bytes,
-                            };
-                            let open = Arc::clone(&open);
-                            readers.push(
-                                thread::Builder::new()
-                                    .name(format!("{}-read-{number}", options.stream))
-                                    .spawn(move || {
-                                        reader.run();
-                                        open.fetch_sub(1, Ordering::Relaxed);
-                                    })
-                                    .expect("spawn a reader"),
-                            );
-                            readers.retain(|reader: &thread::JoinHandle<()>| !reader.is_finished());
-                        }
-                        Ok(None) if once => break,
-                        Ok(None) => thread::sleep(Duration::from_millis(5)),
-                        Err(error) => {
-                            tracing::warn!(stream = %options.stream, %error, "accept failed");
-                            thread::sleep(SHUTDOWN_POLL);
-                        }
-                    }
-                }
-                for reader in readers {
-                    let _ = reader.join();
-                }
-            })
-            .expect("spawn the acceptor")
+    let acceptor = Acceptor {
+        listener,
+        items: items_tx.clone(),
+        free: Arc::clone(&free_rx),
+        free_tx: free_tx.clone(),
+        stop: Arc::clone(&readers_stop),
+        observer: Arc::clone(&core.observer),
+        open: Arc::clone(&open_connections),
+        options: options.clone(),
     };
+    let acceptor = thread::Builder::new()
+        .name(format!("{}-accept", options.stream))
+        .spawn(move || acceptor.run())
+        .expect("spawn the acceptor");
     drop(items_tx);
 
     let mut writer = Writer {
@@ -160,6 +112,79 @@ pub(crate) fn run(
     result?;
     core.publish_ring_stats();
     Ok(core.ring)
+}
+
+/// Accepts frame connections and starts a reader thread for each, up to `max_connections`.
+struct Acceptor {
+    listener: Listener,
+    items: SyncSender<Item>,
+    free: Arc<std::sync::Mutex<Receiver<AlignedBuf>>>,
+    free_tx: SyncSender<AlignedBuf>,
+    stop: Arc<AtomicBool>,
+    observer: Arc<crate::core::IngestObserver>,
+    open: Arc<AtomicUsize>,
+    options: crate::config::IngestOptions,
+}
+
+impl Acceptor {
+    fn run(mut self) {
+        let once = self.listener.is_once();
+        let mut number = 0u64;
+        let mut readers: Vec<thread::JoinHandle<()>> = Vec::new();
+        while !self.stop.load(Ordering::Relaxed) {
+            match self.listener.accept(number + 1) {
+                Ok(Some((stream, name))) => {
+                    number += 1;
+                    IngestCounters::add(&self.observer.counters.connections_total, 1);
+                    if self.open.load(Ordering::Relaxed) >= self.options.max_connections {
+                        IngestCounters::add(&self.observer.counters.connections_refused_total, 1);
+                        let (stream, max) = (&self.options.stream, self.options.max_connections);
+                        tracing::warn!(%stream, %name, max, "connection refused: too many open");
+                        continue;
+                    }
+                    readers.retain(|reader| !reader.is_finished());
+                    readers.push(self.spawn_reader(number, name, stream));
+                }
+                Ok(None) if once => break,
+                Ok(None) => thread::sleep(Duration::from_millis(5)),
+                Err(error) => {
+                    tracing::warn!(stream = %self.options.stream, %error, "accept failed");
+                    thread::sleep(SHUTDOWN_POLL);
+                }
+            }
+        }
+        for reader in readers {
+            let _ = reader.join();
+        }
+    }
+
+    fn spawn_reader(
+        &self,
+        connection: u64,
+        name: String,
+        input: Box<dyn Read + Send>,
+    ) -> thread::JoinHandle<()> {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        let reader = Reader {
+            connection,
+            name,
+            input,
+            items: self.items.clone(),
+            free: Arc::clone(&self.free),
+            free_tx: self.free_tx.clone(),
+            stop: Arc::clone(&self.stop),
+            observer: Arc::clone(&self.observer),
+            max_frame_bytes: self.options.max_frame_bytes,
+        };
+        let open = Arc::clone(&self.open);
+        thread::Builder::new()
+            .name(format!("{}-read-{connection}", self.options.stream))
+            .spawn(move || {
+                reader.run();
+                open.fetch_sub(1, Ordering::Relaxed);
+            })
+            .expect("spawn a reader")
+    }
 }
 
 struct Reader {
