@@ -1,0 +1,1 @@
+//! CSC events as JSON lines (being built).
