@@ -14,6 +14,8 @@
 //!   `object_store`, verifies it (ETag MD5 or read-back CRC32), never overwrites different bytes,
 //!   and advances the cursor only after every file of the exposures behind it is confirmed;
 //!   multipart uploads, island mode, and a live lane that sends the newest exposure first.
+//! - [`store`]: opening the base store (a local directory or an S3 bucket), shared by the
+//!   daemon and `verify-base`.
 //! - [`manifest`]: the drain's record of confirmed objects and `verify-base`, which checks the
 //!   base against it after an outage (missing, extra, mismatched objects by key).
 //!
@@ -29,3 +31,4 @@ pub mod drain;
 pub mod fits;
 pub mod link;
 pub mod manifest;
+pub mod store;

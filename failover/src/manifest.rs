@@ -405,6 +405,89 @@ impl VerifyReport {
             + self.unreadable.len()
     }
 
+    /// The operator's text report: what was checked (`base`: where, `manifest`: which file),
+    /// the counts, then every problem with its key, and the verdict.
+    pub fn text(&self, base: &str, manifest: &str) -> String {
+        let report = self;
+        use std::fmt::Write;
+        let mut out = String::new();
+        let _ = writeln!(out, "base:     {base}, prefix {:?}", report.prefix);
+        let _ = writeln!(
+            out,
+            "manifest: {} ({} objects under the prefix, {} entries outside it not checked)",
+            manifest, report.expected_objects, report.outside_prefix
+        );
+        let _ = writeln!(
+            out,
+            "checked:  {} objects listed ({} bytes); {}",
+            report.listed_objects,
+            report.listed_bytes,
+            if report.read_back { "sizes and CRC32s (read back)" } else { "sizes only (--no-read-back)" }
+        );
+        let _ = writeln!(
+            out,
+            "counts:   matched {}, missing {}, extra {}, conflicts {}, size mismatch {}, CRC mismatch {}, \
+             unreadable {}",
+            report.matched,
+            report.missing.len(),
+            report.extra.len(),
+            report.conflicts.len(),
+            report.size_mismatch.len(),
+            report.crc_mismatch.len(),
+            report.unreadable.len()
+        );
+        for warning in &report.warnings {
+            let _ = writeln!(out, "warning:  {warning}");
+        }
+        for missing in &report.missing {
+            let _ = writeln!(
+                out,
+                "MISSING        {}  (manifest: {} bytes, exposure {})",
+                missing.key, missing.size, missing.exposure_id
+            );
+        }
+        for extra in &report.extra {
+            let _ =
+                writeln!(out, "EXTRA          {}  ({} bytes, not in the manifest)", extra.key, extra.size);
+        }
+        for conflict in &report.conflicts {
+            let holds = match conflict.holds_manifest_bytes {
+                Some(true) => "holds the manifest's bytes for it",
+                Some(false) => "does not hold the manifest's bytes for it",
+                None => "which is not in the manifest",
+            };
+            let _ = writeln!(
+                out,
+                "CONFLICT       {}  ({} bytes; the drain's copy of {}, {holds})",
+                conflict.key, conflict.size, conflict.base_key
+            );
+        }
+        for mismatch in &report.size_mismatch {
+            let _ = writeln!(
+                out,
+                "SIZE MISMATCH  {}  (manifest {} bytes, base {} bytes)",
+                mismatch.key, mismatch.expected, mismatch.actual
+            );
+        }
+        for mismatch in &report.crc_mismatch {
+            let _ = writeln!(
+                out,
+                "CRC MISMATCH   {}  (manifest crc32 {:08x}, base {:08x})",
+                mismatch.key, mismatch.expected, mismatch.actual
+            );
+        }
+        for unreadable in &report.unreadable {
+            let _ = writeln!(out, "UNREADABLE     {}  ({})", unreadable.key, unreadable.error);
+        }
+        if report.is_clean() {
+            let _ = writeln!(out, "result:   CLEAN: the base holds exactly the manifest's objects");
+        } else {
+            let _ =
+                writeln!(out, "result:   PROBLEMS FOUND: {} objects (listed above)", report.problem_count());
+        }
+        out
+    }
+
     /// The report as one JSON object (CRC32s as 8 hex digits).
     pub fn to_json(&self) -> serde_json::Value {
         use serde_json::json;

@@ -31,6 +31,7 @@
 //! - `ring`: [`Ring`], the writer; open, recovery, append, commit, checkpoints.
 //! - `reader`: [`Reader`], the cursor-following validating reader.
 //! - [`stats`]: counters, events, [`RingStats`], `verify`.
+//! - [`report`]: the operator's text reports of a ring (`inspect`, `verify`).
 //! - [`sim`]: the storage fault layer for tests and simulation.
 //! - [`clock`], [`aligned`], [`error`]: small supporting pieces.
 //! - [`bench`]: helpers shared by the benchmarks (fio, medians, procfs figures).
@@ -42,6 +43,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod layout;
+pub mod report;
 mod reader;
 mod ring;
 pub mod sim;

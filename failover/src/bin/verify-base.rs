@@ -9,7 +9,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use clap::{ArgGroup, Parser};
 use failover::manifest::{verify_base, Manifest, VerifyReport};
@@ -137,139 +136,26 @@ fn run(args: &Args) -> Result<VerifyReport, String> {
 
 fn open_store(args: &Args) -> Result<Arc<dyn ObjectStore>, String> {
     if let Some(directory) = &args.base_dir {
-        if !directory.is_dir() {
-            return Err(format!(
-                "the base directory {} does not exist or is not a directory",
-                directory.display()
-            ));
-        }
-        let store = object_store::local::LocalFileSystem::new_with_prefix(directory)
-            .map_err(|error| format!("base directory {}: {error}", directory.display()))?;
-        return Ok(Arc::new(store));
+        return failover::store::open_directory(directory);
     }
     let (Some(endpoint), Some(bucket)) = (&args.s3_endpoint, &args.bucket) else {
         return Err("give --base-dir DIR, or --s3-endpoint URL with --bucket NAME".to_owned());
     };
-    // Client options first: `with_client_options` replaces them all, `with_allow_http` among them.
-    let mut builder = object_store::aws::AmazonS3Builder::from_env()
-        .with_client_options(object_store::ClientOptions::new().with_connect_timeout(Duration::from_secs(10)))
-        .with_allow_http(endpoint.starts_with("http://"))
-        .with_endpoint(endpoint)
-        .with_bucket_name(bucket)
-        .with_retry(object_store::RetryConfig {
-            max_retries: 3,
-            retry_timeout: Duration::from_secs(60),
-            ..object_store::RetryConfig::default()
-        });
-    match &args.region {
-        Some(region) => builder = builder.with_region(region),
-        None if std::env::var_os("AWS_REGION").is_none()
-            && std::env::var_os("AWS_DEFAULT_REGION").is_none() =>
-        {
-            builder = builder.with_region("us-east-1")
-        }
-        None => {}
-    }
-    let has_environment_keys = std::env::var_os("AWS_ACCESS_KEY_ID").is_some()
-        && std::env::var_os("AWS_SECRET_ACCESS_KEY").is_some();
-    let has_flag_keys = args.access_key_id.is_some() && args.secret_access_key.is_some();
-    if !has_environment_keys && !has_flag_keys {
-        return Err("no S3 credentials: give --access-key-id and --secret-access-key, or set \
-                    AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
-            .to_owned());
-    }
-    if let Some(id) = &args.access_key_id {
-        builder = builder.with_access_key_id(id);
-    }
-    if let Some(secret) = &args.secret_access_key {
-        builder = builder.with_secret_access_key(secret);
-    }
-    let store = builder.build().map_err(|error| format!("S3 store {endpoint} bucket {bucket}: {error}"))?;
-    Ok(Arc::new(store))
+    failover::store::open_s3(&failover::store::S3Settings {
+        endpoint: Some(endpoint.clone()),
+        bucket: bucket.clone(),
+        region: args.region.clone(),
+        access_key_id: args.access_key_id.clone(),
+        secret_access_key: args.secret_access_key.clone(),
+    })
 }
 
 /// The text report: what was checked, the counts, then every problem with its key.
 fn human(args: &Args, report: &VerifyReport) -> String {
-    use std::fmt::Write;
-    let mut out = String::new();
     let base = match (&args.base_dir, &args.s3_endpoint, &args.bucket) {
         (Some(directory), _, _) => format!("directory {}", directory.display()),
         (None, Some(endpoint), Some(bucket)) => format!("s3 {endpoint} bucket {bucket}"),
         _ => "?".to_owned(),
     };
-    let _ = writeln!(out, "base:     {base}, prefix {:?}", report.prefix);
-    let _ = writeln!(
-        out,
-        "manifest: {} ({} objects under the prefix, {} entries outside it not checked)",
-        args.manifest.display(),
-        report.expected_objects,
-        report.outside_prefix
-    );
-    let _ = writeln!(
-        out,
-        "checked:  {} objects listed ({} bytes); {}",
-        report.listed_objects,
-        report.listed_bytes,
-        if report.read_back { "sizes and CRC32s (read back)" } else { "sizes only (--no-read-back)" }
-    );
-    let _ = writeln!(
-        out,
-        "counts:   matched {}, missing {}, extra {}, conflicts {}, size mismatch {}, CRC mismatch {}, \
-         unreadable {}",
-        report.matched,
-        report.missing.len(),
-        report.extra.len(),
-        report.conflicts.len(),
-        report.size_mismatch.len(),
-        report.crc_mismatch.len(),
-        report.unreadable.len()
-    );
-    for warning in &report.warnings {
-        let _ = writeln!(out, "warning:  {warning}");
-    }
-    for missing in &report.missing {
-        let _ = writeln!(
-            out,
-            "MISSING        {}  (manifest: {} bytes, exposure {})",
-            missing.key, missing.size, missing.exposure_id
-        );
-    }
-    for extra in &report.extra {
-        let _ = writeln!(out, "EXTRA          {}  ({} bytes, not in the manifest)", extra.key, extra.size);
-    }
-    for conflict in &report.conflicts {
-        let holds = match conflict.holds_manifest_bytes {
-            Some(true) => "holds the manifest's bytes for it",
-            Some(false) => "does not hold the manifest's bytes for it",
-            None => "which is not in the manifest",
-        };
-        let _ = writeln!(
-            out,
-            "CONFLICT       {}  ({} bytes; the drain's copy of {}, {holds})",
-            conflict.key, conflict.size, conflict.base_key
-        );
-    }
-    for mismatch in &report.size_mismatch {
-        let _ = writeln!(
-            out,
-            "SIZE MISMATCH  {}  (manifest {} bytes, base {} bytes)",
-            mismatch.key, mismatch.expected, mismatch.actual
-        );
-    }
-    for mismatch in &report.crc_mismatch {
-        let _ = writeln!(
-            out,
-            "CRC MISMATCH   {}  (manifest crc32 {:08x}, base {:08x})",
-            mismatch.key, mismatch.expected, mismatch.actual
-        );
-    }
-    for unreadable in &report.unreadable {
-        let _ = writeln!(out, "UNREADABLE     {}  ({})", unreadable.key, unreadable.error);
-    }
-    if report.is_clean() {
-        let _ = writeln!(out, "result:   CLEAN: the base holds exactly the manifest's objects");
-    } else {
-        let _ = writeln!(out, "result:   PROBLEMS FOUND: {} objects (listed above)", report.problem_count());
-    }
-    out
+    report.text(&base, &args.manifest.display().to_string())
 }

@@ -11,7 +11,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use ringbuffer::{open_read_only, parse_size_bytes, CreateOptions, Ring, RingOptions, RingStats};
+use ringbuffer::report::{human_bytes, inspect_text, verify_text};
+use ringbuffer::{open_read_only, parse_size_bytes, CreateOptions, Ring, RingOptions};
 
 #[derive(Parser)]
 #[command(name = "summit-ring", version, about = "Create, inspect and verify summit ring buffers")]
@@ -103,133 +104,14 @@ fn run(command: Command) -> Result<ExitCode, ringbuffer::Error> {
         }
         Command::Inspect { dir } => {
             let ring = open_read_only(&dir)?;
-            print_stats(&ring.stats());
-            let events = ring.recent_events();
-            if !events.is_empty() {
-                println!("events found while opening:");
-                for event in events {
-                    println!("  {event}");
-                }
-            }
+            print!("{}", inspect_text(&ring));
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify { dir } => {
             let ring = open_read_only(&dir)?;
             let report = ring.verify()?;
-            match report.sequence_range {
-                Some((first, last)) => println!(
-                    "{} good records ({} of payload), sequences {first}..={last}",
-                    report.good_records,
-                    human_bytes(report.good_payload_bytes)
-                ),
-                None => println!("no records retained"),
-            }
-            for event in ring.recent_events() {
-                println!("found while opening: {event}");
-            }
-            if report.reclaimed_during_scan_records > 0 {
-                println!(
-                    "{} record(s) were drained and their space reused by the running writer during the scan \
-                     (not corruption)",
-                    report.reclaimed_during_scan_records
-                );
-            }
-            if report.is_clean() {
-                println!("verify: clean");
-                return Ok(ExitCode::SUCCESS);
-            }
-            println!(
-                "verify: {} bad region(s), {} record(s) unreadable:",
-                report.bad_region_count, report.bad_records
-            );
-            for bad in &report.bad_regions {
-                println!(
-                    "  data offset {} (lap {}, logical {}): {}; expected sequence {}, next valid {}",
-                    bad.physical_offset,
-                    bad.lap,
-                    bad.logical_offset,
-                    bad.defect,
-                    bad.expected_sequence,
-                    bad.resumed_sequence
-                );
-            }
-            Ok(ExitCode::from(1))
+            print!("{}", verify_text(&ring, &report));
+            Ok(if report.is_clean() { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
-    }
-}
-
-fn print_stats(stats: &RingStats) {
-    println!("ring          {}", stats.location);
-    println!(
-        "ring id       {:016x}  stream {}  generation {}",
-        stats.ring_id, stats.stream_id, stats.generation
-    );
-    println!(
-        "capacity      {}   used {} ({:.1}%)",
-        human_bytes(stats.capacity_bytes),
-        human_bytes(stats.used_bytes),
-        stats.fill_ratio * 100.0
-    );
-    let thresholds: Vec<String> = stats
-        .thresholds
-        .iter()
-        .map(|(t, crossed)| format!("{:.0}% {}", t * 100.0, if *crossed { "CROSSED" } else { "ok" }))
-        .collect();
-    println!("thresholds    {}", thresholds.join(", "));
-    if stats.retained_records == 0 {
-        println!("records       none retained (next sequence {})", stats.durable_sequence + 1);
-    } else {
-        println!(
-            "records       {} retained, sequences {}..={}",
-            stats.retained_records, stats.oldest_sequence, stats.durable_sequence
-        );
-    }
-    match (stats.append_rate_bytes_per_second, stats.time_to_full_seconds) {
-        (Some(rate), Some(seconds)) => {
-            println!("append rate   {}/s, full in {:.0} s at this rate", human_bytes(rate as u64), seconds)
-        }
-        _ => println!("append rate   not known here (measured by the writing process, shown on its console)"),
-    }
-    println!("cursors");
-    for cursor in &stats.cursors {
-        println!(
-            "  {:<10} {:<9} at sequence {:>10}  lag {} records, {}",
-            cursor.name,
-            if cursor.required { "required" } else { "optional" },
-            cursor.position.sequence,
-            cursor.lag_records,
-            human_bytes(cursor.lag_bytes)
-        );
-    }
-    match &stats.oldest_undrained {
-        Some(oldest) => {
-            println!("oldest undrained record: sequence {}, {:.1} s old", oldest.sequence, oldest.age_seconds)
-        }
-        None if stats.cursors.iter().any(|c| c.name == "drain" && c.lag_records > 0) => {
-            println!("oldest undrained record: unreadable at the drain position (run `summit-ring verify`)")
-        }
-        None => println!("oldest undrained record: none (drain is caught up)"),
-    }
-    println!(
-        "corruption    {} quarantined records (lifetime detections), {} torn tail(s) found at this open",
-        stats.quarantined_records_total, stats.torn_tail_truncations_total
-    );
-    if let Some(cause) = &stats.poisoned {
-        println!("POISONED      {cause}");
-    }
-}
-
-fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.2} {}", UNITS[unit])
     }
 }
