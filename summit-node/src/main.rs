@@ -295,38 +295,6 @@ fn signal_flag() -> Result<Arc<AtomicBool>, String> {
     Ok(flag)
 }
 
-/// Starts the console servers of `config` for `node`.
-fn start_consoles(
-    config: &Config,
-    node: &Arc<Node>,
-    stop: &Arc<AtomicBool>,
-) -> Result<Vec<std::thread::JoinHandle<()>>, String> {
-    let control: Arc<dyn NodeControl> = node.clone();
-    let mut threads = Vec::new();
-    let options = console::UnixConsoleOptions {
-        path: config.console.socket.clone(),
-        group: config.console.socket_group.clone(),
-        operator_group: config.console.operator_group.clone(),
-        ..console::UnixConsoleOptions::default()
-    };
-    threads.push(
-        console::serve_unix(options, Arc::clone(&control), Arc::clone(stop))
-            .map_err(|error| format!("console socket {}: {error}", config.console.socket.display()))?,
-    );
-    for serial in &config.console.serial {
-        let options = console::SerialConsoleOptions {
-            device: serial.device.clone(),
-            baud_rate: serial.baud_rate,
-            operator: serial.operator,
-        };
-        threads.push(
-            console::serve_serial(options, Arc::clone(&control), Arc::clone(stop))
-                .map_err(|error| format!("serial console {}: {error}", serial.device.display()))?,
-        );
-    }
-    Ok(threads)
-}
-
 /// A one-line status for systemd's STATUS= and the logs.
 fn status_line(status: &NodeStatus) -> String {
     let backlog: u64 = status.drain.iter().map(|drain| drain.backlog_bytes).sum();
@@ -360,7 +328,7 @@ fn run(file: &Path) -> Result<ExitCode, String> {
         events: Some(Arc::clone(&events)),
         clock: Arc::new(ringbuffer::SystemClock),
     })?;
-    let consoles = start_consoles(&config, &node, &stop)?;
+    let consoles = summit_node::node::serve_consoles(&config, &node, &stop)?;
     if let Err(error) = notifier.ready() {
         tracing::warn!(%error, "sd_notify READY failed");
     }
@@ -425,7 +393,6 @@ fn sim(args: SimArgs) -> Result<ExitCode, String> {
         options.data_dir.display()
     );
     let simulation = Simulation::start(options, Some(log))?;
-    let consoles = start_consoles(simulation.config(), simulation.node(), &stop)?;
     println!(
         "console: `summit-node console --socket {}` in another terminal; here: c + Enter cuts the fiber, \
          r + Enter restores it, q + Enter stops, or type any console command (help)",
@@ -440,7 +407,6 @@ fn sim(args: SimArgs) -> Result<ExitCode, String> {
     while !stop.load(Ordering::SeqCst) && !quit.load(Ordering::SeqCst) && !simulation.node().exit_requested()
     {
         std::thread::sleep(Duration::from_millis(200));
-        simulation.node().housekeeping(Duration::from_millis(200));
         let every = if tty { Duration::from_secs(1) } else { Duration::from_secs(5) };
         if last_line.elapsed() >= every {
             last_line = Instant::now();
@@ -466,10 +432,6 @@ fn sim(args: SimArgs) -> Result<ExitCode, String> {
     let config = simulation.config().clone();
     let cameras_done = simulation.cameras_done();
     let result = simulation.shutdown();
-    stop.store(true, Ordering::SeqCst);
-    for thread in consoles {
-        let _ = thread.join();
-    }
     result?;
     let report = summit_node::node::verify_base(&config, true)?;
     print!("{}", report.text(&config.base.url, &config.manifest_directory().display().to_string()));

@@ -1153,3 +1153,36 @@ pub fn verify_base(config: &Config, read_back: bool) -> Result<failover::manifes
     report.warnings.splice(0..0, warnings);
     Ok(report)
 }
+
+/// Starts the console servers of `config` for `node` (the Unix socket and every serial port);
+/// they stop when `stop` is set.
+pub fn serve_consoles(
+    config: &Config,
+    node: &Arc<Node>,
+    stop: &Arc<AtomicBool>,
+) -> Result<Vec<std::thread::JoinHandle<()>>, String> {
+    let control: Arc<dyn NodeControl> = node.clone();
+    let mut threads = Vec::new();
+    let options = crate::console::UnixConsoleOptions {
+        path: config.console.socket.clone(),
+        group: config.console.socket_group.clone(),
+        operator_group: config.console.operator_group.clone(),
+        ..crate::console::UnixConsoleOptions::default()
+    };
+    threads.push(
+        crate::console::serve_unix(options, Arc::clone(&control), Arc::clone(stop))
+            .map_err(|error| format!("console socket {}: {error}", config.console.socket.display()))?,
+    );
+    for serial in &config.console.serial {
+        let options = crate::console::SerialConsoleOptions {
+            device: serial.device.clone(),
+            baud_rate: serial.baud_rate,
+            operator: serial.operator,
+        };
+        threads.push(
+            crate::console::serve_serial(options, Arc::clone(&control), Arc::clone(stop))
+                .map_err(|error| format!("serial console {}: {error}", serial.device.display()))?,
+        );
+    }
+    Ok(threads)
+}

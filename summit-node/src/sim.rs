@@ -211,6 +211,9 @@ pub struct Simulation {
     _heartbeat: Heartbeat,
     players: Vec<JoinHandle<Result<PlayReport, String>>>,
     progress: Arc<CameraProgress>,
+    /// Stops the console servers and the housekeeping thread.
+    console_stop: Arc<AtomicBool>,
+    consoles: Vec<JoinHandle<()>>,
     started: Instant,
 }
 
@@ -235,6 +238,17 @@ impl Simulation {
             events: Some(Arc::new(events)),
             clock: Arc::new(SystemClock),
         })?;
+        let console_stop = Arc::new(AtomicBool::new(false));
+        let mut consoles = crate::node::serve_consoles(&config, &node, &console_stop)?;
+        // The node's housekeeping (faults, statistics, rates), as `summit-node run` does it.
+        let housekeeping_node = Arc::clone(&node);
+        let housekeeping_stop = Arc::clone(&console_stop);
+        consoles.push(
+            std::thread::Builder::new()
+                .name("sim-housekeeping".into())
+                .spawn(move || housekeeping_node.run(&housekeeping_stop, &mut |_| {}))
+                .map_err(|error| format!("cannot start the housekeeping thread: {error}"))?,
+        );
         let start_unix_ns = match options.start_unix_ns {
             Some(start) => start,
             None => hw_sim::cli::now_unix_ns()?,
@@ -291,6 +305,8 @@ impl Simulation {
             _heartbeat: heartbeat,
             players,
             progress,
+            console_stop,
+            consoles,
             started: Instant::now(),
         })
     }
@@ -347,8 +363,12 @@ impl Simulation {
         self.cameras_done() && drained >= self.options.exposure_count()
     }
 
-    /// Stops the node (SIGTERM path) and the fiber.
+    /// Stops the console, the node (SIGTERM path) and the fiber.
     pub fn shutdown(self) -> Result<(), String> {
+        self.console_stop.store(true, Ordering::SeqCst);
+        for console in self.consoles {
+            let _ = console.join();
+        }
         let result = self.node.shutdown();
         drop(self.proxy);
         result
