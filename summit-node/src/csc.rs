@@ -663,7 +663,8 @@ impl Csc {
 
     /// Step 3 of a command that succeeded: enters `target` and returns the events to publish
     /// (`summaryState`). If a fault came in while the command ran, the fault wins: the state
-    /// stays FAULT and nothing is returned (check [`Csc::state`] before acknowledging `COMPLETE`).
+    /// stays FAULT and nothing is returned (check [`Csc::state`] before acknowledging `COMPLETE`)
+    /// -- except for `standby`, which is valid from FAULT and leaves it as usual.
     ///
     /// # Panics
     /// If no command was begun, or `target` is not the begun command's target (a bug).

@@ -9,9 +9,10 @@
 //! ([`EVENT_QUEUE_CAPACITY`]) and returns; one publishing thread does all the I/O. When the
 //! queue is full the oldest queued `heartbeat` is dropped first, then the oldest `logMessage`,
 //! then the oldest event of any kind; every drop is counted (`dropped_total`). Subscriber sockets
-//! are non-blocking: what a subscriber cannot take at once waits in its own buffer of at most
-//! [`SUBSCRIBER_PENDING_BYTES_MAX`] bytes; a subscriber that falls further behind, or whose
-//! socket fails (it went away), is dropped, counted and logged. At most [`SUBSCRIBERS_MAX`]
+//! are non-blocking, with a send buffer of [`SUBSCRIBER_SOCKET_BUFFER_BYTES`]: what a subscriber
+//! cannot take at once waits in its own buffer of at most [`SUBSCRIBER_PENDING_BYTES_MAX`]
+//! bytes; a subscriber that falls further behind, or whose socket fails (it went away), is
+//! dropped, counted and logged. At most [`SUBSCRIBERS_MAX`]
 //! subscribers are connected at once; more are refused (counted).
 //!
 //! # What a subscriber sees
@@ -54,6 +55,9 @@ pub const EVENT_QUEUE_CAPACITY: usize = 1024;
 pub const SUBSCRIBERS_MAX: usize = 32;
 /// Bytes a subscriber may fall behind (beyond its socket buffer) before it is dropped.
 pub const SUBSCRIBER_PENDING_BYTES_MAX: usize = 256 * 1024;
+/// The kernel send buffer asked for each subscriber socket (Linux doubles it for bookkeeping):
+/// caps the kernel memory a stalled subscriber holds, whatever `net.core.wmem_default` is.
+pub const SUBSCRIBER_SOCKET_BUFFER_BYTES: usize = 64 * 1024;
 /// The events file is rotated (to `<file>.1`) past this size.
 pub const EVENTS_FILE_BYTES_MAX: u64 = 64 * 1024 * 1024;
 /// The events socket's mode: owner and group may connect.
@@ -215,11 +219,13 @@ impl Shared {
     fn publish(&self, event: CscEvent) {
         let published_unix_ns = self.clock.now_ns();
         let counters = &self.counters;
+        let mut queue = lock(&self.queue);
+        // Checked under the queue's lock, which the publishing thread holds when it takes its
+        // last batch: an event is either in that batch or counted as dropped, never lost.
         if self.stop.load(Ordering::SeqCst) {
             counters.dropped_total.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let mut queue = lock(&self.queue);
         if queue.len() >= self.queue_capacity {
             let victim = drop_victim(&queue);
             let dropped = queue.remove(victim).expect("the victim is an index of the full queue");
@@ -489,6 +495,8 @@ struct Worker {
     line: Vec<u8>,
     drops_logged: u64,
     drops_logged_at: Option<Instant>,
+    /// Consecutive failed `accept`s.
+    accept_errors: u64,
 }
 
 impl Worker {
@@ -512,6 +520,7 @@ impl Worker {
             line: Vec::with_capacity(4096),
             drops_logged: 0,
             drops_logged_at: None,
+            accept_errors: 0,
         }
     }
 
@@ -545,11 +554,20 @@ impl Worker {
     fn accept_subscribers(&mut self) {
         loop {
             let stream = match self.listener.accept() {
-                Ok((stream, _)) => stream,
+                Ok((stream, _)) => {
+                    self.accept_errors = 0;
+                    stream
+                }
                 Err(error) if error.kind() == ErrorKind::WouldBlock => return,
                 Err(error) if error.kind() == ErrorKind::Interrupted => continue,
                 Err(error) => {
-                    tracing::warn!(%error, "accepting an events subscriber");
+                    // Out of descriptors, say: this repeats every poll, so log the first of
+                    // a run of failures and every 1000th.
+                    self.accept_errors += 1;
+                    if self.accept_errors == 1 || self.accept_errors.is_multiple_of(1000) {
+                        let errors = self.accept_errors;
+                        tracing::warn!(%error, errors, "accepting an events subscriber");
+                    }
                     return;
                 }
             };
@@ -562,6 +580,12 @@ impl Worker {
             if let Err(error) = stream.set_nonblocking(true) {
                 tracing::warn!(%error, "events subscriber refused: cannot make its socket non-blocking");
                 continue;
+            }
+            if let Err(error) =
+                rustix::net::sockopt::set_socket_send_buffer_size(&stream, SUBSCRIBER_SOCKET_BUFFER_BYTES)
+            {
+                // Not fatal: the subscriber only gets the system's default buffer.
+                tracing::debug!(%error, "cannot set an events subscriber's send buffer");
             }
             let mut subscriber = Subscriber { stream, pending: Vec::new(), id: self.next_subscriber_id };
             self.next_subscriber_id += 1;

@@ -317,6 +317,8 @@ fn run(file: &Path) -> Result<ExitCode, String> {
     let events = summit_node::events::EventPublisher::start(&config.events.socket, &config.events.file)
         .map_err(|error| format!("events: {error}"))?;
     let events = Arc::new(events);
+    // Warnings and errors also go to the observatory as logMessage events.
+    log.forward_to_events(Arc::clone(&events), tracing::Level::WARN);
     let heartbeat = events
         .spawn_heartbeat(Duration::from_secs(1), Arc::clone(&stop))
         .map_err(|error| format!("cannot start the heartbeat: {error}"))?;
@@ -357,6 +359,8 @@ fn run(file: &Path) -> Result<ExitCode, String> {
         let _ = thread.join();
     }
     let _ = heartbeat.join();
+    // The last events (summaryState on the way out) are written, and the socket removed.
+    events.shutdown();
     match result {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(error) => {

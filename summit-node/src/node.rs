@@ -417,8 +417,17 @@ impl Node {
                     lifecycle.error = None;
                 }
                 let events = lifecycle.csc.complete(target, self.clock.now_ns());
-                tracing::info!(command = command.name(), state = target.name(), "command complete");
                 self.publish_all(events);
+                if lifecycle.csc.state() != target {
+                    // A fault while the command ran: the node stays in FAULT.
+                    let reason = format!(
+                        "the node went to {} while {} ran",
+                        lifecycle.csc.state().name(),
+                        command.name()
+                    );
+                    return lifecycle.csc.failed(&command, &reason);
+                }
+                tracing::info!(command = command.name(), state = target.name(), "command complete");
                 if matches!(command, CscCommand::Start { .. }) {
                     self.publish_all(vec![lifecycle.csc.configuration_applied(&self.config_label())]);
                 }
@@ -674,8 +683,9 @@ impl Node {
                 self.enter_fault(&mut lifecycle, fault.code, &fault.report);
             }
         }
-        {
-            let lifecycle = lock(&self.lifecycle);
+        // A command may hold the lifecycle for long (recovery at `start`): skip the idle rings'
+        // statistics then rather than wait, so the loop (and systemd's watchdog) keeps going.
+        if let Ok(lifecycle) = self.lifecycle.try_lock() {
             for (index, runtime) in lifecycle.runtimes.iter().enumerate() {
                 if let RingSlot::Idle(ring) = &runtime.slot {
                     *lock(&self.streams[index].ring_stats) = Some(ring.stats());
@@ -729,7 +739,12 @@ impl Node {
             node.stop_streams(&mut lifecycle);
             let _ = done.send(());
         });
-        match finished.recv_timeout(timeout) {
+        let outcome = finished.recv_timeout(timeout);
+        if let Some(events) = &self.events {
+            // The last events written, subscribers told, the socket removed.
+            events.shutdown();
+        }
+        match outcome {
             Ok(()) => {
                 tracing::info!("shutdown complete: every acknowledged frame durable, rings closed");
                 Ok(())

@@ -451,22 +451,10 @@ fn late_subscriber_first_gets_the_latest_state_events_in_publication_order() {
 }
 
 #[test]
-fn a_subscriber_that_never_reads_does_not_block_publishing_nor_other_subscribers() {
+fn publishing_100k_events_never_blocks_on_a_subscriber_that_never_reads() {
     let directory = tempfile::tempdir().expect("temporary directory");
     let publisher = publisher_in(directory.path());
     let _stalled = subscribe(&publisher);
-    let mut reader = subscribe(&publisher);
-    let reading = std::thread::spawn(move || {
-        // Reads until the final summaryState(OFFLINE) arrives.
-        let mut lines = 0u64;
-        loop {
-            let value = next_line(&mut reader);
-            lines += 1;
-            if value["summaryState"] == 4 {
-                return lines;
-            }
-        }
-    });
 
     let started = Instant::now();
     for index in 0..100_000u32 {
@@ -476,25 +464,62 @@ fn a_subscriber_that_never_reads_does_not_block_publishing_nor_other_subscribers
             publisher.publish(CscEvent::Heartbeat);
         }
     }
-    publisher.publish(CscEvent::summary_state(SummaryState::Offline));
     let publishing = started.elapsed();
     assert!(publishing < Duration::from_secs(5), "100k publishes took {publishing:?}");
 
-    let lines_read = reading.join().expect("the reading subscriber got OFFLINE");
-    assert!(lines_read > 1);
-    wait_for("the stalled subscriber to be dropped", || publisher.counters().subscribers_dropped_total == 1);
+    // However far the publishing thread got, more events push the stalled subscriber over its
+    // limit: it is dropped, and publishing goes on.
+    let mut extra = 0u64;
+    wait_for("the stalled subscriber to be dropped", || {
+        publisher.publish(CscEvent::summary_state(SummaryState::Enabled));
+        extra += 1;
+        publisher.counters().subscribers_dropped_total == 1
+    });
+    publisher.publish(CscEvent::summary_state(SummaryState::Offline));
     let counters = publisher.counters();
-    assert_eq!(counters.published_total, 100_001);
-    assert_eq!(counters.subscribers_connected, 1, "the reader stays connected");
+    assert_eq!(counters.published_total, 100_001 + extra);
+    assert_eq!(counters.subscribers_connected, 0);
     assert_eq!(
         counters.dropped_total, counters.heartbeats_dropped_total,
         "a full queue gives up heartbeats before anything else"
     );
     publisher.shutdown();
-    assert_eq!(publisher.counters().written_total + publisher.counters().dropped_total, 100_001);
+    let counters = publisher.counters();
+    assert_eq!(counters.written_total + counters.dropped_total, 100_001 + extra);
     let text = std::fs::read_to_string(publisher.file_path()).expect("events file");
+    let summary_states = text.lines().map(parse).filter(|line| line.get("summaryState").is_some()).count();
+    assert_eq!(summary_states as u64, 100 + extra + 1, "no summaryState was dropped");
     let last = text.lines().last().map(parse).expect("lines");
     assert_eq!(last["summaryState"], 4);
+}
+
+#[test]
+fn a_stalled_subscriber_is_dropped_while_a_reading_one_gets_every_line() {
+    let directory = tempfile::tempdir().expect("temporary directory");
+    let mut options =
+        EventOptions::new(&directory.path().join("events.sock"), &directory.path().join("events.jsonl"));
+    options.subscriber_pending_bytes_max = 16 * 1024;
+    let publisher = EventPublisher::start_with(options, Arc::new(ManualClock::new(T0_NS))).expect("start");
+    let _stalled = subscribe(&publisher);
+    let mut reader = subscribe(&publisher);
+
+    // Rounds of 50 events, each read back before the next: the reader is never more than 50
+    // lines behind, the stalled subscriber falls ever further behind.
+    let mut expected_seq_num = 0u64;
+    for _ in 0..100 {
+        for _ in 0..50 {
+            publisher.publish(CscEvent::summary_state(SummaryState::Enabled));
+        }
+        for _ in 0..50 {
+            expected_seq_num += 1;
+            let line = next_line(&mut reader);
+            assert_eq!(line["private_seqNum"], expected_seq_num, "every line, in order");
+        }
+    }
+    let counters = publisher.counters();
+    assert_eq!(counters.subscribers_dropped_total, 1, "5000 lines overflow the stalled subscriber");
+    assert_eq!(counters.subscribers_connected, 1, "the reader stays connected");
+    assert_eq!(counters.dropped_total, 0);
 }
 
 #[test]

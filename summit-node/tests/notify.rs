@@ -1,11 +1,15 @@
 //! sd_notify against real datagram sockets: a socket file and a Linux abstract socket stand in
 //! for systemd's `NOTIFY_SOCKET`; the notifier is built from explicit values (the process
-//! environment is never changed).
+//! environment is never changed). The last test runs the real daemon (`summit-node run`) under
+//! such a socket, as systemd would: READY, STATUS, WATCHDOG within the watchdog period, then
+//! STOPPING and a clean exit within its bound after SIGTERM.
 
 use std::ffi::OsStr;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
-use std::time::Duration;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use summit_node::notify::{Notifier, NotifyAddress, NotifyError, STATUS_BYTES_MAX};
 
@@ -154,4 +158,125 @@ fn notify_socket_must_be_absolute_or_abstract() {
         assert!(matches!(error, NotifyError::InvalidSocket { .. }), "{value}: {error}");
         assert!(error.to_string().contains(value), "{error}");
     }
+}
+
+/// A configuration with every path under `directory`, starting in STANDBY (no ring opened).
+fn daemon_config(directory: &Path) -> String {
+    let root = directory.display();
+    format!(
+        r#"[node]
+name = "notify-test"
+data_dir = "{root}/data"
+initial_state = "standby"
+shutdown_timeout_s = 5
+
+[[stream]]
+instrument = "LATISS"
+frames = "unix:{root}/run/frames.sock"
+metadata = "unix:{root}/run/metadata.sock"
+ring_capacity = "64MiB"
+full_policy = "block"
+backend = "portable"
+
+[base]
+url = "file://{root}/base"
+
+[link]
+probe = "tcp:127.0.0.1:9"
+
+[console]
+socket = "{root}/run/console.sock"
+
+[events]
+socket = "{root}/run/events.sock"
+file = "{root}/data/events.jsonl"
+"#
+    )
+}
+
+/// Kills the daemon if the test fails before it exited.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+#[test]
+fn daemon_under_a_notify_socket_says_ready_status_watchdog_then_stopping_on_sigterm() {
+    let directory = tempfile::tempdir().expect("temporary directory");
+    let config = directory.path().join("summit-node.toml");
+    std::fs::write(&config, daemon_config(directory.path())).expect("writing the configuration");
+    let notify_path = directory.path().join("notify.sock");
+    let systemd = UnixDatagram::bind(&notify_path).expect("binding the stand-in for systemd");
+    systemd.set_read_timeout(Some(Duration::from_secs(10))).expect("read timeout");
+    let watchdog = Duration::from_secs(2);
+
+    let daemon = Command::new(env!("CARGO_BIN_EXE_summit-node"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("WATCHDOG_USEC", watchdog.as_micros().to_string())
+        .env_remove("WATCHDOG_PID")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting summit-node run");
+    let mut daemon = KillOnDrop(daemon);
+    let daemon = &mut daemon.0;
+    let next = || {
+        let mut buffer = [0u8; 4096];
+        let length = systemd.recv(&mut buffer).unwrap_or_else(|error| panic!("no notification: {error}"));
+        (Instant::now(), String::from_utf8_lossy(&buffer[..length]).into_owned())
+    };
+
+    assert_eq!(next().1, "READY=1", "READY first");
+    let mut watchdog_times = Vec::new();
+    let mut statuses = Vec::new();
+    while watchdog_times.len() < 3 {
+        let (at, message) = next();
+        match message.as_str() {
+            "WATCHDOG=1" => watchdog_times.push(at),
+            status if status.starts_with("STATUS=") => statuses.push(status.to_owned()),
+            other => panic!("unexpected notification {other:?}"),
+        }
+    }
+    assert!(
+        statuses.iter().any(|status| status.starts_with("STATUS=STANDBY")),
+        "a STATUS line naming the state: {statuses:?}"
+    );
+    for pair in watchdog_times.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(gap < watchdog, "WATCHDOG=1 pings {gap:?} apart, longer than WatchdogSec {watchdog:?}");
+    }
+
+    let pid = rustix::process::Pid::from_child(daemon);
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+    let terminated = Instant::now();
+    loop {
+        let (_, message) = next();
+        if message == "STOPPING=1" {
+            break;
+        }
+        assert!(message == "WATCHDOG=1" || message.starts_with("STATUS="), "unexpected {message:?}");
+    }
+    let status = loop {
+        if let Some(status) = daemon.try_wait().expect("waiting for the daemon") {
+            break status;
+        }
+        assert!(terminated.elapsed() < Duration::from_secs(10), "no exit within 10 s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut daemon.stderr.take().expect("stderr"), &mut stderr).expect("stderr");
+    assert!(status.success(), "summit-node run exited with {status}: {stderr}");
+    assert!(!directory.path().join("run/events.sock").exists(), "the events socket is removed on exit");
+    let events = std::fs::read_to_string(directory.path().join("data/events.jsonl")).expect("events file");
+    assert!(events.contains(r#""summaryState":5"#), "summaryState(STANDBY) published: {events}");
 }
