@@ -1040,7 +1040,9 @@ impl DrainLane {
     /// reclaimed once the backlog lane confirmed it) it starts again at the head; the backlog
     /// lane, which holds every record until confirmed, is unaffected.
     fn restart_live_lane(&mut self, stream: &str, error: &str) {
-        tracing::warn!(%stream, %error, "live drain lane restarts at the head; the backlog lane has the data");
+        // Expected when the backlog lane is caught up and confirms an exposure first (its space
+        // is then reclaimed under the live lane): nothing is lost, so not a warning.
+        tracing::info!(%stream, %error, "live drain lane restarts at the head; the backlog lane has the data");
         let (Some(old), Some(rebuild)) = (self.drainer.take(), self.rebuild.as_ref()) else { return };
         match rebuild(old.into_reader()) {
             Ok(drainer) => self.drainer = Some(drainer),
