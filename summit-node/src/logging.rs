@@ -22,6 +22,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
@@ -266,10 +267,14 @@ pub fn subscriber<W>(
 where
     W: for<'writer> MakeWriter<'writer> + Send + Sync + 'static,
 {
-    let registry = tracing_subscriber::registry().with(filter).with(buffer.layer());
+    // The capture keeps info and above whatever the output shows (a terminal at `warn` still
+    // leaves the console's `log` its context); the output follows `filter`.
+    let registry = tracing_subscriber::registry().with(buffer.layer().with_filter(LevelFilter::INFO));
     match format {
         LogFormat::Human => {
-            Box::new(registry.with(tracing_subscriber::fmt::layer().with_writer(writer).with_ansi(ansi)))
+            Box::new(registry.with(
+                tracing_subscriber::fmt::layer().with_writer(writer).with_ansi(ansi).with_filter(filter),
+            ))
         }
         LogFormat::Json => Box::new(
             registry.with(
@@ -278,7 +283,8 @@ where
                     .flatten_event(true)
                     .with_current_span(false)
                     .with_span_list(false)
-                    .with_writer(writer),
+                    .with_writer(writer)
+                    .with_filter(filter),
             ),
         ),
     }
@@ -362,19 +368,22 @@ mod tests {
     }
 
     #[test]
-    fn filter_drops_lines_below_its_level_for_capture_and_output_alike() {
+    fn the_output_follows_its_filter_while_the_capture_keeps_info_and_above() {
         let buffer = LogBuffer::new();
         let output = Captured::default();
         let filter = filter_from(None, "warn").expect("valid filter");
         let subscriber = subscriber(LogFormat::Human, filter, &buffer, output.clone(), false);
         tracing::subscriber::with_default(subscriber, || {
+            tracing::debug!("never kept");
             tracing::info!("not shown");
             tracing::error!(code = 100, "shown");
         });
         let text = String::from_utf8(lock(&output.0).clone()).expect("UTF-8");
         assert!(text.contains("shown code=100"), "{text}");
         assert!(!text.contains("not shown"), "{text}");
-        assert_eq!(buffer.tail(10).len(), 1);
+        let captured: Vec<String> = buffer.tail(10).into_iter().map(|line| line.message).collect();
+        assert_eq!(captured.len(), 2, "{captured:?}");
+        assert!(captured[0].starts_with("not shown") && captured[1].starts_with("shown"), "{captured:?}");
     }
 
     #[test]
