@@ -55,7 +55,9 @@ impl FromStr for ByteSize {
 
     /// The ring tool's size syntax (`ringbuffer::parse_size_bytes`): binary units.
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        ringbuffer::parse_size_bytes(text).map(ByteSize).map_err(|error| error.to_string())
+        ringbuffer::parse_size_bytes(text).map(ByteSize).map_err(|_| {
+            format!("{text:?} is not a size (expected bytes, or a number with a binary unit: \"64GiB\", \"512MiB\")")
+        })
     }
 }
 
@@ -701,10 +703,16 @@ fn parse_probe(text: &str) -> Result<ProbeTarget, String> {
     Err(format!("{text:?} (expected tcp:IP:PORT or http://IP:PORT/PATH)"))
 }
 
-/// `line N` for an error at byte `offset` of `text`.
+/// `line N (key)` for an error at byte `offset` of `text`: the line, and the key set on it.
 fn line_of(text: &str, offset: usize) -> String {
-    let line = text[..offset.min(text.len())].bytes().filter(|byte| *byte == b'\n').count() + 1;
-    format!("line {line}")
+    let offset = offset.min(text.len());
+    let line = text[..offset].bytes().filter(|byte| *byte == b'\n').count() + 1;
+    let start = text[..offset].rfind('\n').map_or(0, |newline| newline + 1);
+    let key = text[start..].lines().next().and_then(|line| line.split_once('=')).map(|(key, _)| key.trim());
+    match key {
+        Some(key) if !key.is_empty() && !key.starts_with('[') => format!("line {line} ({key})"),
+        _ => format!("line {line}"),
+    }
 }
 
 #[cfg(test)]

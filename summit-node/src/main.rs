@@ -199,6 +199,9 @@ fn load_config(file: &Path) -> Result<Config, String> {
 }
 
 fn check_config(file: &Path) -> Result<ExitCode, String> {
+    if let Err(error) = std::fs::metadata(file) {
+        return Err(format!("cannot read {}: {error}", file.display()));
+    }
     match Config::load(file) {
         Ok(config) => {
             let streams = config.streams().map_err(|error| error.to_string())?;
@@ -329,8 +332,12 @@ fn run(file: &Path) -> Result<ExitCode, String> {
         log: Some(log),
         events: Some(Arc::clone(&events)),
         clock: Arc::new(ringbuffer::SystemClock),
+    })
+    .inspect_err(|_| events.shutdown())?;
+    let consoles = summit_node::node::serve_consoles(&config, &node, &stop).inspect_err(|_| {
+        // Already acquiring: stop cleanly (everything durable, rings closed) before exiting.
+        let _ = node.shutdown();
     })?;
-    let consoles = summit_node::node::serve_consoles(&config, &node, &stop)?;
     if let Err(error) = notifier.ready() {
         tracing::warn!(%error, "sd_notify READY failed");
     }

@@ -382,7 +382,7 @@ impl Node {
         for command in commands {
             let ack = self.command(command);
             if ack.ack != AckCode::Complete {
-                return Err(format!("entering the initial state: {} failed: {}", ack.command, ack.result));
+                return Err(format!("entering the initial state: {}", ack.result));
             }
         }
         Ok(())
