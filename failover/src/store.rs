@@ -25,7 +25,10 @@ pub struct S3Settings {
 /// A local directory as the base (it must exist).
 pub fn open_directory(directory: &Path) -> Result<Arc<dyn ObjectStore>, String> {
     if !directory.is_dir() {
-        return Err(format!("the base directory {} does not exist or is not a directory", directory.display()));
+        return Err(format!(
+            "the base directory {} does not exist or is not a directory",
+            directory.display()
+        ));
     }
     let store = object_store::local::LocalFileSystem::new_with_prefix(directory)
         .map_err(|error| format!("base directory {}: {error}", directory.display()))?;
