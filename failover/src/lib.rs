@@ -1,6 +1,5 @@
 //! `failover`: link monitor, island mode and the drain of raw FITS files to the base store.
 //!
-//! **Partly built (issue 5).**
 //! - [`link`]: the summit-to-base link monitor: UP / DEGRADED / DOWN / RECOVERING with
 //!   hysteresis, fed by TCP or HTTP probes on its own thread (it never blocks on the link it
 //!   watches); defaults detect a cut within 3 s (worst case 2.75 s) and never flap on one lost
@@ -22,9 +21,10 @@
 //! Tested against a local directory and a real S3-protocol server (moto), with the link cut
 //! mid-upload and the drain killed mid-multipart.
 //!
-//! Not built yet: the drain's benchmark against boto3 and `cp`, a token-bucket rate limit (today
-//! a per-file pause), a veth (namespace) link-cut test of the drain, tests of S3 5xx and slow
-//! responses, and the daemon wiring (summit-node). Nothing here pretends to do them.
+//! Not built yet: the drain's benchmark target against boto3 (>= 1.0x), a token-bucket rate limit
+//! (today a per-file pause), and coordination of the two lanes (with the link up the backlog lane
+//! can upload a file the live lane is still sending: identical bytes, wasted bandwidth). Nothing
+//! here pretends to do them.
 #![forbid(unsafe_code)]
 
 pub mod drain;
