@@ -2,7 +2,7 @@
 //! file per detector per exposure, uploads each to the base object store, and advances the
 //! cursor, durably, only after the base confirmed every file of the exposures behind it.
 //!
-//! # How
+//! # How: a pipeline
 //!
 //! The ring holds an exposure's frames interleaved (all segments are read out in parallel) with
 //! its two header-service records. The drain reads records in order and keeps a small index per
@@ -11,36 +11,100 @@
 //! when every segment of every detector has all its rows and its `EndReadout` metadata arrived;
 //! it is drained *incomplete* (`INCOMPL = T`, missing segments zero-filled, see
 //! [`crate::fits`]) when nothing arrived for it for `incomplete_timeout`, or when more exposures
-//! are open than the index holds. Files are written detector by detector (wavefront sensors, then
-//! science CCDs, then guiders, the observatory's ingest priority) by fetching the frames again
-//! from the ring ([`Reader::fetch`]) into one reused file buffer.
+//! are open than the index holds.
+//!
+//! A ready exposure moves to the *sending* queue. The thread that calls [`Drainer::step`] then
+//! assembles its files one after the other (wavefront sensors, then science CCDs, then guiders,
+//! the observatory's ingest priority), each by fetching its frames again from the ring
+//! ([`Reader::fetch`]: the index keeps only where they are, not their pixels, so memory does not
+//! grow with the exposure) into a free buffer of a fixed pool, computes its CRC32 and hands it to
+//! the upload thread (`upload`); it goes on with the next file, of this exposure or the next
+//! ready one, while earlier files are on the wire. Up to `files_in_flight` files are uploading
+//! at once, each owning its buffer until the base confirmed it; when none is free, the step
+//! waits for a confirmation.
+//!
+//! An upload task (see `upload`) checks whether the object is already at the base (HEAD), sends
+//! it (one conditional PUT up to `multipart_threshold_bytes`, a multipart upload above), verifies
+//! it (S3 ETag against the MD5 of the bytes, computed on a blocking thread while the bytes
+//! travel; else a read-back CRC32), and retries with backoff until the base confirms it. While
+//! the base fails (and until a new drain's first request is answered) only the oldest file tries;
+//! the others wait, assembled. Confirmations come back in any order; an exposure is done when
+//! every one of its files is confirmed and every exposure dispatched before it is done, so
+//! exposures complete, are recorded in the manifest (one `fdatasync` per exposure) and release
+//! the cursor strictly in the order they were dispatched.
 //!
 //! # Exactly once, resumable
 //!
 //! Keys are deterministic (`raw/{instrument}/{dayobs}/{obsid}/{filename}`) and so are the bytes
 //! (the ring's frames plus its metadata records), so a resend after a crash or a cut writes the
 //! same bytes to the same key. Before uploading, the drain looks for the object: one already
-//! there with the same size and CRC32 is counted as confirmed and not sent again. An object that
-//! exists with *different* bytes is never overwritten: the file goes to `{key}.conflict-{crc32}`
-//! and the conflict is logged as an error and counted, for an operator to resolve. After an
-//! upload the object is verified: by its ETag where the store computes an MD5 of what it received
-//! (S3 single-part), otherwise by reading it back and comparing CRC32s. Only when every file of
-//! an exposure is confirmed does the cursor move, to the first record of the oldest exposure
-//! still open: records of exposures not yet confirmed are never released. A failure (link down,
-//! store error) is retried with exponential backoff; the cursor never moves on a failure.
+//! there with the same size and bytes (ETag or read-back CRC32) is counted as confirmed and not
+//! sent again. That HEAD is kept for every file: it is what spares the link a second copy after a
+//! restart, a cut, or the live lane's upload, and with several files in flight its round trip
+//! overlaps other files' transfers. The PUT itself is conditional (`If-None-Match: *`), so an
+//! object that appears between the HEAD and the PUT (the live lane racing the backlog lane) is
+//! compared too, never overwritten. An object that exists with *different* bytes is never
+//! overwritten: the file goes to `{key}.conflict-{crc32}` and the conflict is logged as an error
+//! and counted, for an operator to resolve. Only when every file of an exposure is confirmed
+//! (and every exposure dispatched before it) does the cursor move, to the first record of the
+//! oldest exposure still open or sending: records of exposures not yet confirmed are never
+//! released. A failure (link down, store error) is retried with exponential backoff; the cursor
+//! never moves on a failure. A drain that is dropped (or killed) with files in flight confirmed
+//! nothing for them: a restart finds them at the base or sends them again.
+//!
+//! # Rate limit, pause, island mode
+//!
+//! [`DrainControl::rate_limit_bytes_per_second`] (0 = unlimited) is a token bucket (see
+//! `rate_limit`) in the drain's [`Clock`], applied before each unit goes out: a part, or a whole
+//! file sent in one PUT. Its burst is one part, or one file for files sent in one PUT, so
+//! sending `B` bytes takes at least `(B - burst) / limit` of clock time; a change applies to the
+//! next unit (within 20 ms, plus the unit on the wire). [`DrainControl::paused`] stops the drain
+//! between units: an upload finishes the unit it is sending (which may then be confirmed) and
+//! waits; nothing else starts, nothing is lost, and clearing it resumes them. While the link
+//! monitor says DOWN the uploads wait likewise (island mode) and the step reports
+//! [`StepOutcome::Island`]. A step whose `stop` is set returns once no attempt is under way.
+//!
+//! # Choices, and what they cost (issue 5's benchmark, `scripts/bench-drain`)
+//!
+//! - Files up to 128 MiB (every camera file: 75.5 MB at most) go in one PUT: the only kind of
+//!   upload `object_store` can make conditional, and one request instead of six; the local S3
+//!   server of the benchmark spent 4.9 CPU s/GB on single PUTs against 7.5 on 16 MiB parts.
+//! - The HEAD before each PUT stays (see above); it is one round trip per 75 MB file, hidden
+//!   behind the other files in flight.
+//! - Verification stays as it was: the ETag (MD5, about 0.6 GB/s on one core: the largest CPU
+//!   cost of an S3 drain) or, for stores without one (a local directory), a read-back CRC32.
+//!   Reading back what `LocalFileSystem` just wrote mostly re-reads the page cache, so it proves
+//!   little about the medium; it was kept all the same because it costs little (streamed through
+//!   a 1 MiB buffer, about 3% of the local drain's CPU samples) and no guarantee was traded.
+//! - Each frame is read from the ring twice: once to index it (both CRCs checked, its
+//!   ones'-complement sum taken) and once to assemble its file. Keeping the pixels from the first
+//!   read would make memory grow with the detectors and exposures open, so the second read stays;
+//!   it is the main difference from `cp` on the local directory (two `O_DIRECT` reads of each
+//!   byte instead of one).
 //!
 //! # Bounded
 //!
-//! At most `max_open_exposures` exposures are indexed; one file buffer (the largest detector
-//! file, about 75.5 MB) is reused; the ring reader's buffers are fixed at open.
+//! At most `max_open_exposures` exposures are indexed (plus `MAX_HELD_EXPOSURES` held for lack
+//! of metadata), at most `files_in_flight` are sending; the pool holds `files_in_flight` file
+//! buffers sized at start for the largest file of the focal plane (about 75.5 MB for a science
+//! CCD), the upload side one 1 MiB read-back buffer per file buffer; the ring reader's buffers are
+//! fixed at open. Nothing per file is allocated in proportion to its size.
 
+mod rate_limit;
+mod upload;
+
+#[cfg(test)]
+mod tests;
+
+pub use rate_limit::{Admission, TokenBucket};
+
+use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::ObjectStore;
 use ringbuffer::{Clock, Reader, RecordInfo, RecordKind};
 
 use dma_ingest::completeness::{detector_index_from_wire, segment_index_from_wire};
@@ -48,14 +112,23 @@ use dma_ingest::protocol::frame::{FrameHeader, FRAME_HEADER_BLOCK_BYTES};
 use dma_ingest::protocol::geometry::{DetectorKind, Focalplane, SEGMENT_ROWS};
 use dma_ingest::protocol::metadata::{MetadataEvent, MetadataKind};
 
-use crate::fits::{combine, ones_complement_sum, RawFile, SegmentSource, WriteOptions};
+use crate::fits::{
+    combine, ones_complement_sum, RawFile, SegmentSource, WriteOptions, BLOCK_BYTES, SEGMENT_DATA_UNIT_BYTES,
+};
 use crate::manifest::{Manifest, ManifestEntry};
+use upload::{Confirmation, Crash, UploadConfig, Uploader};
 
 /// Exposures held for lack of metadata before the drain stops reading further.
 const MAX_HELD_EXPOSURES: usize = 8;
 
-/// Multipart uploads remembered for a later abort (each holds only an upload id).
-const MAX_STALE_UPLOADS: usize = 64;
+/// Ring records indexed per look at the ring, so a ready exposure is not delayed.
+const INDEX_BATCH_RECORDS: usize = 4096;
+
+/// Longest a step waits for an upload before it looks again at pause, the link and `stop`.
+const STEP_WAIT_SLICE: Duration = Duration::from_millis(20);
+
+/// Largest `files_in_flight` and `parts_in_flight` accepted.
+const MAX_IN_FLIGHT: usize = 64;
 
 /// How the drain runs.
 #[derive(Debug, Clone)]
@@ -64,15 +137,21 @@ pub struct DrainOptions {
     pub incomplete_timeout: Duration,
     /// Exposures indexed at once; opening one more drains the oldest (incomplete if it is).
     pub max_open_exposures: usize,
-    /// First retry delay after a failed upload; doubles up to `retry_max`.
+    /// First retry delay after a failed upload; doubles with each failure in a row up to
+    /// `retry_max` (the drain's backoff, see the module docs).
     pub retry_initial: Duration,
     /// Longest retry delay.
     pub retry_max: Duration,
-    /// Files larger than this are uploaded in parts (S3 multipart upload).
+    /// Files uploading at once, each in its own file buffer (the pool's size; 1 to 64). Also the
+    /// most exposures in the sending queue.
+    pub files_in_flight: usize,
+    /// Files larger than this are uploaded in parts (S3 multipart upload); files up to it go in
+    /// one conditional PUT.
     pub multipart_threshold_bytes: usize,
-    /// Size of each part of a multipart upload (S3 requires at least 5 MiB but the last).
+    /// Size of each part of a multipart upload (S3 requires at least 5 MiB but the last); also
+    /// the rate limit's bucket capacity.
     pub part_bytes: usize,
-    /// Parts of one multipart upload sent at once.
+    /// Parts of one multipart upload sent at once (1 to 64).
     pub parts_in_flight: usize,
     /// The live lane: start at the ring's head and send only complete exposures, newest first,
     /// so live latency holds while the backlog lane (the persisted `drain` cursor, in order)
@@ -89,7 +168,8 @@ impl Default for DrainOptions {
             max_open_exposures: 4,
             retry_initial: Duration::from_millis(200),
             retry_max: Duration::from_secs(10),
-            multipart_threshold_bytes: 32 << 20,
+            files_in_flight: 4,
+            multipart_threshold_bytes: 128 << 20,
             part_bytes: 16 << 20,
             parts_in_flight: 4,
             live: false,
@@ -97,12 +177,40 @@ impl Default for DrainOptions {
     }
 }
 
+impl DrainOptions {
+    /// Checks the options; the error names the field, its value and the accepted range.
+    pub fn validate(&self) -> Result<(), String> {
+        let in_range = |name: &str, value: usize, low: usize, high: usize| {
+            if (low..=high).contains(&value) {
+                Ok(())
+            } else {
+                Err(format!("DrainOptions::{name} is {value}; it must be {low} to {high}"))
+            }
+        };
+        in_range("files_in_flight", self.files_in_flight, 1, MAX_IN_FLIGHT)?;
+        in_range("parts_in_flight", self.parts_in_flight, 1, MAX_IN_FLIGHT)?;
+        in_range("max_open_exposures", self.max_open_exposures, 1, 1024)?;
+        in_range("part_bytes", self.part_bytes, 1, 5 << 30)?;
+        in_range("multipart_threshold_bytes", self.multipart_threshold_bytes, 1, 5 << 30)?;
+        if self.retry_initial.is_zero() || self.retry_max < self.retry_initial {
+            return Err(format!(
+                "DrainOptions::retry_initial ({:?}) must be above 0 and at most retry_max ({:?})",
+                self.retry_initial, self.retry_max
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Counters and controls shared with the console.
 #[derive(Debug, Default)]
 pub struct DrainControl {
-    /// Pause uploads (the ring keeps filling; nothing is lost).
+    /// Pause uploads between units (parts, or files sent in one PUT): the ring keeps filling,
+    /// uploads in flight wait, nothing is lost; clearing it resumes them.
     pub paused: AtomicBool,
-    /// Largest upload rate in bytes per second; 0 = unlimited.
+    /// Average upload rate limit in bytes per second, 0 = unlimited: a token bucket in the
+    /// drain's clock with a burst of one part (or one file sent in one PUT), applied before each
+    /// unit; a change applies to the next unit.
     pub rate_limit_bytes_per_second: AtomicU64,
     /// Files confirmed at the base (uploaded and verified, or found there identical).
     pub objects_confirmed_total: AtomicU64,
@@ -143,6 +251,15 @@ pub enum DrainError {
         key: String,
         /// The I/O error.
         source: io::Error,
+    },
+    /// An upload task panicked (a bug, in the drain or the object store client); nothing was
+    /// confirmed for the file, so the cursor is before it.
+    #[error("uploading {key}: the upload task panicked: {detail}")]
+    Upload {
+        /// The object key.
+        key: String,
+        /// The panic message.
+        detail: String,
     },
     /// A file could not be assembled.
     #[error("assembling {key}: {detail}")]
@@ -192,23 +309,64 @@ impl OpenExposure {
     }
 }
 
+/// An exposure whose files are being assembled and uploaded.
+#[derive(Debug)]
+struct SendingExposure {
+    exposure: OpenExposure,
+    /// The header-service event its files are headed from (EndReadout, else StartIntegration).
+    metadata: MetadataEvent,
+    complete: bool,
+    /// The next entry of the upload order to assemble.
+    next_in_order: usize,
+    /// Files handed to the upload thread.
+    files_dispatched: usize,
+    /// Confirmed files, for the manifest (at most one per detector).
+    confirmed: Vec<ManifestEntry>,
+}
+
+impl SendingExposure {
+    fn all_dispatched(&self, order_length: usize) -> bool {
+        self.next_in_order == order_length
+    }
+
+    fn all_confirmed(&self, order_length: usize) -> bool {
+        self.all_dispatched(order_length) && self.confirmed.len() == self.files_dispatched
+    }
+}
+
+/// Most keys claimed at once in one [`UploadClaims`]: two lanes of at most [`MAX_IN_FLIGHT`] files.
+pub const MAX_UPLOAD_CLAIMS: usize = 2 * MAX_IN_FLIGHT;
+
+/// The keys being uploaded by either lane of a stream (the backlog lane and the live lane). With
+/// the link up and no backlog both lanes see the same complete exposure at the same moment, both
+/// HEAD its files (absent) and both would send them: a file would cross the link twice (and a
+/// conditional PUT only keeps the second copy from overwriting the first, after it was sent).
+/// A lane claims a key for the whole upload of its file (retries included); the other lane waits
+/// for the claim to go, then finds the object at the base (HEAD, ETag) without sending it.
+#[derive(Debug, Default)]
+pub struct UploadClaims {
+    keys: std::sync::Mutex<Vec<String>>,
+}
+
 /// Reads a stream's ring and drains it to the base. Drive it with [`Drainer::step`].
 pub struct Drainer {
     reader: Reader,
-    store: Arc<dyn ObjectStore>,
-    verify_by_etag: bool,
-    runtime: tokio::runtime::Runtime,
     focalplane: Focalplane,
+    /// [`upload_order`] of the focal plane, computed once.
+    order: Vec<usize>,
     clock: Arc<dyn Clock>,
     options: DrainOptions,
     control: Arc<DrainControl>,
+    /// Exposures being indexed, in the order their first record was read.
     open: Vec<OpenExposure>,
-    file: Vec<u8>,
+    /// Exposures dispatched, in dispatch order (at most `files_in_flight`).
+    sending: VecDeque<SendingExposure>,
+    /// The exposure evicted from a full index: dispatched before any other.
+    forced: Option<u64>,
     link: Option<Arc<crate::link::LinkMonitorHandle>>,
-    /// Multipart uploads whose abort failed; aborted before the next upload.
-    stale_uploads: Vec<Box<dyn object_store::MultipartUpload>>,
     /// Where confirmed objects are recorded for `verify-base`.
     manifest: Option<Manifest>,
+    uploader: Uploader,
 }
 
 /// What one [`Drainer::step`] did.
@@ -231,10 +389,20 @@ pub enum StepOutcome {
     Island,
 }
 
+/// Bytes of the largest raw file of `focalplane`, with room for a large primary header.
+fn largest_file_bytes(focalplane: &Focalplane) -> usize {
+    let segments = focalplane.detectors().iter().map(|detector| detector.segment_count()).max().unwrap_or(0);
+    // Each extension: its data unit and a header of at most two blocks; the primary header up to
+    // 16 blocks (576 cards). A larger file only makes its buffer grow once.
+    segments * (SEGMENT_DATA_UNIT_BYTES + 2 * BLOCK_BYTES) + 16 * BLOCK_BYTES
+}
+
 impl Drainer {
     /// A drainer reading `reader` (the ring's `drain` cursor) for the detectors of `focalplane`
-    /// and uploading to `store`. `verify_by_etag`: the store returns the MD5 of a single-part
-    /// upload as its ETag (S3); otherwise uploads are verified by reading them back.
+    /// and uploading to `store`. `verify_by_etag`: the store returns the MD5 of what it received
+    /// as the ETag (S3); otherwise uploads are verified by reading them back. Starts the upload
+    /// thread and allocates the file buffers (`files_in_flight` of them); invalid options are an
+    /// `InvalidInput` error naming the field.
     pub fn new(
         reader: Reader,
         store: Arc<dyn ObjectStore>,
@@ -243,32 +411,51 @@ impl Drainer {
         clock: Arc<dyn Clock>,
         options: DrainOptions,
     ) -> io::Result<Drainer> {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        options.validate().map_err(|detail| io::Error::new(io::ErrorKind::InvalidInput, detail))?;
+        let control = Arc::new(DrainControl::default());
+        let config = UploadConfig {
+            verify_by_etag,
+            files_in_flight: options.files_in_flight,
+            file_buffer_bytes: largest_file_bytes(&focalplane),
+            multipart_threshold_bytes: options.multipart_threshold_bytes,
+            part_bytes: options.part_bytes,
+            parts_in_flight: options.parts_in_flight,
+            retry_initial: options.retry_initial,
+            retry_max: options.retry_max,
+        };
+        let uploader = Uploader::start(store, config, Arc::clone(&control), Arc::clone(&clock))?;
         let mut reader = reader;
         if options.live {
             reader.skip_to_head();
         }
         Ok(Drainer {
             reader,
-            store,
-            verify_by_etag,
-            runtime,
+            order: upload_order(&focalplane),
             focalplane,
             clock,
+            sending: VecDeque::with_capacity(options.files_in_flight),
             options,
-            control: Arc::new(DrainControl::default()),
+            control,
             open: Vec::new(),
-            file: Vec::new(),
+            forced: None,
             link: None,
-            stale_uploads: Vec::new(),
             manifest: None,
+            uploader,
         })
     }
 
     /// Follows `link`: while it is DOWN the drain sends nothing (island mode) and each step
     /// reports the backlog to it (RECOVERING while a backlog drains after a cut).
     pub fn with_link_monitor(mut self, link: Arc<crate::link::LinkMonitorHandle>) -> Drainer {
+        self.uploader.set_link(Arc::clone(&link));
         self.link = Some(link);
+        self
+    }
+
+    /// Shares `claims` with the other lane of this stream, so that a file crosses the link once
+    /// (see [`UploadClaims`]). Give both lanes the same claims.
+    pub fn with_upload_claims(self, claims: Arc<UploadClaims>) -> Drainer {
+        self.uploader.set_claims(claims);
         self
     }
 
@@ -293,53 +480,175 @@ impl Drainer {
         &self.control
     }
 
-    /// Exposures indexed and not yet drained.
+    /// Exposures indexed or sending, not yet drained.
     pub fn open_exposures(&self) -> Vec<u64> {
-        self.open.iter().map(|exposure| exposure.exposure_id).collect()
+        let sending = self.sending.iter().map(|sending| sending.exposure.exposure_id);
+        sending.chain(self.open.iter().map(|exposure| exposure.exposure_id)).collect()
     }
 
-    /// Gives the ring reader back (for a clean shutdown).
+    /// Files uploading now.
+    pub fn files_in_flight(&self) -> usize {
+        self.uploader.jobs_in_flight()
+    }
+
+    /// Gives the ring reader back (for a clean shutdown); uploads still in flight are abandoned
+    /// (nothing was confirmed for them: the cursor is before them).
     pub fn into_reader(self) -> Reader {
         self.reader
     }
 
-    /// Reads what the ring has, and drains at most one ready exposure. Retries failed uploads
-    /// (with backoff) until they succeed or `stop` is set; returns `Idle` without moving the
-    /// cursor when stopped mid-exposure.
+    /// Drains until an exposure is confirmed (`Drained`: its files are at the base, recorded,
+    /// and the cursor moved), or there is nothing to do now (`Idle`), or the drain is paused or
+    /// the link is down. Meanwhile it indexes what the ring has, assembles files into free
+    /// buffers and hands them to the upload thread, and waits for confirmations. Uploads go on
+    /// between steps; failed ones are retried with backoff. When `stop` is set the step holds
+    /// the uploads before their next attempt, waits for the attempts under way (each ends in
+    /// success or failure, a failed multipart upload aborted) and returns `Idle` without moving
+    /// the cursor past anything unconfirmed; the next step releases them.
     pub fn step(&mut self, stop: &AtomicBool) -> Result<StepOutcome, DrainError> {
         if let Some(link) = &self.link {
             link.set_backlog(self.reader.backlog_bytes());
         }
-        if self.control.paused.load(Ordering::Relaxed) {
-            return Ok(StepOutcome::Paused);
+        // A step is the caller saying "try now": uploads held by a stopped step go on, and a
+        // file retrying after failures goes at once.
+        self.uploader.set_hold(false);
+        self.uploader.reset_backoff();
+        loop {
+            self.collect(Duration::ZERO)?;
+            if let Some(outcome) = self.finish_oldest()? {
+                return Ok(outcome);
+            }
+            if self.control.paused.load(Ordering::Relaxed) {
+                return Ok(StepOutcome::Paused);
+            }
+            if self.link_down() {
+                return Ok(StepOutcome::Island);
+            }
+            if stop.load(Ordering::Relaxed) {
+                return self.stop_between_attempts();
+            }
+            let dispatched = self.dispatch()?;
+            self.uploader.start_ready();
+            if dispatched {
+                continue;
+            }
+            if !self.uploader.busy() {
+                if self.open.is_empty() && self.sending.is_empty() {
+                    // Caught up with nothing open: everything read is drained (or unusable).
+                    let position = self.reader.position();
+                    self.reader.commit_at(position)?;
+                }
+                return Ok(StepOutcome::Idle);
+            }
+            self.collect(STEP_WAIT_SLICE)?;
         }
-        if self.link_down() {
-            return Ok(StepOutcome::Island);
+    }
+
+    /// Records the confirmations that arrive within `wait` (at most one waited for).
+    fn collect(&mut self, wait: Duration) -> Result<(), DrainError> {
+        if let Some(outcome) = self.uploader.poll(wait) {
+            self.confirmed(outcome)?;
         }
-        let mut forced = None;
-        // Index what is durable, a bounded batch at a time so a ready exposure is not delayed.
-        for _ in 0..4096 {
+        while let Some(outcome) = self.uploader.poll(Duration::ZERO) {
+            self.confirmed(outcome)?;
+        }
+        Ok(())
+    }
+
+    /// `stop` is set: holds every upload before its next attempt and returns once no attempt is
+    /// under way (so a drain dropped next leaves no request half done, no multipart upload
+    /// open); `Drained` if that completed an exposure, else `Idle`. Returns `Paused` or `Island`
+    /// at once if that comes first (an attempt under way then waits for it between parts).
+    fn stop_between_attempts(&mut self) -> Result<StepOutcome, DrainError> {
+        self.uploader.set_hold(true);
+        loop {
+            self.collect(Duration::ZERO)?;
+            if self.control.paused.load(Ordering::Relaxed) {
+                return Ok(StepOutcome::Paused);
+            }
+            if self.link_down() {
+                return Ok(StepOutcome::Island);
+            }
+            if self.uploader.attempts_in_progress() == 0 {
+                break;
+            }
+            self.collect(STEP_WAIT_SLICE)?;
+        }
+        Ok(self.finish_oldest()?.unwrap_or(StepOutcome::Idle))
+    }
+
+    /// Records a confirmed file with its exposure.
+    fn confirmed(&mut self, outcome: Result<Confirmation, Crash>) -> Result<(), DrainError> {
+        let confirmation =
+            outcome.map_err(|crash| DrainError::Upload { key: crash.key, detail: crash.detail })?;
+        let Some(sending) =
+            self.sending.iter_mut().find(|sending| sending.exposure.exposure_id == confirmation.exposure_id)
+        else {
+            unreachable!("confirmation of {} for an exposure not sending", confirmation.key);
+        };
+        sending.confirmed.push(ManifestEntry {
+            key: confirmation.key,
+            size: confirmation.size_bytes,
+            crc32: confirmation.crc32,
+            exposure_id: confirmation.exposure_id,
+            incomplete: !sending.complete,
+            confirmed_ns: confirmation.confirmed_ns,
+        });
+        assert!(sending.confirmed.len() <= sending.files_dispatched, "more files confirmed than sent");
+        Ok(())
+    }
+
+    /// Does one piece of work if there is one: assembles and submits the next file of an
+    /// exposure being sent, or indexes the ring and moves the next ready exposure to sending.
+    /// `false` when nothing can be done until an upload finishes or the ring grows.
+    fn dispatch(&mut self) -> Result<bool, DrainError> {
+        let order_length = self.order.len();
+        if let Some(index) = self.sending.iter().position(|sending| !sending.all_dispatched(order_length)) {
+            let Some(buffer) = self.uploader.take_buffer() else { return Ok(false) };
+            self.assemble_and_submit(index, buffer)?;
+            return Ok(true);
+        }
+        if self.sending.len() >= self.options.files_in_flight {
+            return Ok(false);
+        }
+        let indexed = self.index_records()?;
+        let Some(index) = self.next_ready() else { return Ok(indexed) };
+        self.start_sending(index);
+        Ok(true)
+    }
+
+    /// Indexes at most [`INDEX_BATCH_RECORDS`] durable records; whether any was read.
+    fn index_records(&mut self) -> Result<bool, DrainError> {
+        let mut read_any = false;
+        for _ in 0..INDEX_BATCH_RECORDS {
+            // An exposure evicted from the full index goes first; read no further until it went.
+            if self.forced.is_some() {
+                break;
+            }
             // Held exposures stay indexed; past this many the drain reads no further (bounded).
             if self.open.iter().filter(|exposure| exposure.held).count() >= MAX_HELD_EXPOSURES {
                 break;
             }
             let Some(record) = self.reader.next_record()? else { break };
+            read_any = true;
             let info = record.info;
             match info.kind {
                 RecordKind::Frame => match index_frame(&self.focalplane, info, record.payload) {
                     Some((exposure_id, detector, segment, frame)) => {
-                        let at = self.exposure_slot(exposure_id, info.position, &mut forced);
+                        let now_ns = self.clock.now_ns();
+                        let at = self.exposure_slot(exposure_id, info.position);
                         let exposure = &mut self.open[at];
                         exposure.frames[detector][segment].push(frame);
-                        exposure.last_seen_ns = self.clock.now_ns();
+                        exposure.last_seen_ns = now_ns;
                     }
                     None => self.unusable(&info, "frame that does not decode for this focal plane"),
                 },
                 RecordKind::Metadata => match dma_ingest::metadata_channel::decode_record(record.payload) {
                     Ok((event, _received_ns)) => {
-                        let at = self.exposure_slot(event.exposure_id, info.position, &mut forced);
+                        let now_ns = self.clock.now_ns();
+                        let at = self.exposure_slot(event.exposure_id, info.position);
                         let exposure = &mut self.open[at];
-                        exposure.last_seen_ns = self.clock.now_ns();
+                        exposure.last_seen_ns = now_ns;
                         // Metadata that arrives late releases an exposure held for lack of it.
                         exposure.held = false;
                         match event.kind {
@@ -351,53 +660,160 @@ impl Drainer {
                 },
                 _ => {}
             }
-            if forced.is_some() {
-                break;
-            }
         }
+        Ok(read_any)
+    }
+
+    /// The open exposure to send next, if one is ready (see the module docs).
+    fn next_ready(&mut self) -> Option<usize> {
+        let forced =
+            self.forced.and_then(|id| self.open.iter().position(|exposure| exposure.exposure_id == id));
         let now_ns = self.clock.now_ns();
         let timeout_ns = self.options.incomplete_timeout.as_nanos() as u64;
-        let ready = if self.options.live {
+        if self.options.live {
             // Live lane: exposures it cannot complete (it started mid-exposure, or frames are
             // missing) are the backlog lane's; the newest complete one goes first.
-            if forced.is_some() {
-                self.open.remove(0);
+            if let Some(index) = forced {
+                self.open.remove(index);
             }
+            self.forced = None;
             let focalplane = &self.focalplane;
             self.open.retain(|exposure| {
                 exposure.is_complete(focalplane) || now_ns.saturating_sub(exposure.last_seen_ns) < timeout_ns
             });
-            (0..self.open.len())
+            return (0..self.open.len())
                 .filter(|&index| self.open[index].is_complete(&self.focalplane))
-                .max_by_key(|&index| self.open[index].exposure_id)
-        } else {
-            forced.or_else(|| {
-                self.open.iter().position(|exposure| {
-                    !exposure.held
-                        && (exposure.is_complete(&self.focalplane)
-                            || now_ns.saturating_sub(exposure.last_seen_ns) >= timeout_ns)
-                })
+                .max_by_key(|&index| self.open[index].exposure_id);
+        }
+        self.forced = None;
+        forced.or_else(|| {
+            self.open.iter().position(|exposure| {
+                !exposure.held
+                    && (exposure.is_complete(&self.focalplane)
+                        || now_ns.saturating_sub(exposure.last_seen_ns) >= timeout_ns)
             })
+        })
+    }
+
+    /// Moves open exposure `index` to the sending queue, or holds it if it has no metadata.
+    fn start_sending(&mut self, index: usize) {
+        let exposure_id = self.open[index].exposure_id;
+        let Some(metadata) = self.open[index].end.clone().or_else(|| self.open[index].start.clone()) else {
+            // Without header-service metadata there is no OBSID, DAYOBS or DATE-BEG to write:
+            // the frames stay in the ring (the cursor does not pass them) and an operator is told,
+            // once; later exposures are drained meanwhile.
+            self.open[index].held = true;
+            DrainControl::add(&self.control.exposures_held_total, 1);
+            tracing::error!(
+                exposure_id,
+                "drain: exposure has frames but no header-service metadata; holding it in the ring \
+                 (the drain cursor stays before it) for an operator"
+            );
+            return;
         };
-        let Some(index) = ready else {
-            if self.open.is_empty() {
-                // Caught up with nothing open: everything read is drained (or unusable).
-                let position = self.reader.position();
-                self.reader.commit_at(position)?;
+        let exposure = self.open.remove(index);
+        let complete = exposure.is_complete(&self.focalplane);
+        assert!(self.sending.len() < self.options.files_in_flight, "the sending queue is bounded");
+        self.sending.push_back(SendingExposure {
+            exposure,
+            metadata,
+            complete,
+            next_in_order: 0,
+            files_dispatched: 0,
+            confirmed: Vec::with_capacity(self.order.len()),
+        });
+    }
+
+    /// Assembles the next file of sending exposure `index` into `buffer` and submits it; a
+    /// detector with nothing at all (of an incomplete exposure) has no file and is skipped.
+    fn assemble_and_submit(&mut self, index: usize, mut buffer: Vec<u8>) -> Result<(), DrainError> {
+        let order_length = self.order.len();
+        let sending = &mut self.sending[index];
+        while sending.next_in_order < order_length {
+            let detector = self.order[sending.next_in_order];
+            sending.next_in_order += 1;
+            let geometry = self.focalplane.detectors()[detector];
+            let exposure = &sending.exposure;
+            let exposure_id = exposure.exposure_id;
+            let missing = (0..geometry.segment_count())
+                .filter(|&segment| exposure.rows(detector, segment) != SEGMENT_ROWS)
+                .count();
+            if missing == geometry.segment_count() && !sending.complete {
+                // Nothing of this detector arrived: no file (the exposure is marked incomplete).
+                continue;
             }
-            return Ok(StepOutcome::Idle);
-        };
-        self.drain_exposure(index, stop)
+            let raw = match RawFile::new(geometry, &sending.metadata) {
+                Ok(raw) => raw,
+                Err(error) => {
+                    self.uploader.return_buffer(buffer);
+                    let key = format!("exposure {exposure_id}");
+                    return Err(DrainError::Assemble { key, detail: error.to_string() });
+                }
+            };
+            let mut source = RingSegments { reader: &mut self.reader, frames: &exposure.frames[detector] };
+            let options = WriteOptions { allow_incomplete: true, verify_datasums: true };
+            if let Err(error) = raw.write(&mut buffer, &mut source, &options) {
+                self.uploader.return_buffer(buffer);
+                let key = raw.object_key().to_owned();
+                return Err(DrainError::Assemble { key, detail: error.to_string() });
+            }
+            let crc32 = crc32fast::hash(&buffer);
+            sending.files_dispatched += 1;
+            self.uploader.submit(exposure_id, raw.object_key().to_owned(), buffer, crc32);
+            return Ok(());
+        }
+        self.uploader.return_buffer(buffer);
+        Ok(())
+    }
+
+    /// Completes the oldest sending exposure if all its files are confirmed: records them in
+    /// the manifest, then moves the cursor past everything before the oldest exposure still
+    /// open or sending.
+    fn finish_oldest(&mut self) -> Result<Option<StepOutcome>, DrainError> {
+        let order_length = self.order.len();
+        let Some(oldest) = self.sending.front() else { return Ok(None) };
+        if !oldest.all_confirmed(order_length) {
+            return Ok(None);
+        }
+        if let Some(manifest) = &mut self.manifest {
+            // Recorded (durably, one fdatasync) before the cursor can move past the exposure:
+            // every object behind the cursor is in the manifest (after a crash here, the objects
+            // are found at the base and recorded again).
+            manifest.record_batch(&oldest.confirmed).map_err(|error| DrainError::Manifest {
+                key: oldest.confirmed.first().map_or_else(String::new, |entry| entry.key.clone()),
+                source: error,
+            })?;
+        }
+        let drained = self.sending.pop_front().expect("the oldest sending exposure");
+        let exposure_id = drained.exposure.exposure_id;
+        let files = drained.confirmed.len();
+        let incomplete = !drained.complete;
+        DrainControl::add(&self.control.exposures_drained_total, 1);
+        if incomplete {
+            DrainControl::add(&self.control.exposures_incomplete_total, 1);
+            tracing::warn!(exposure_id, files, "drain: exposure drained incomplete");
+        } else {
+            tracing::info!(exposure_id, files, "drain: exposure confirmed at the base");
+        }
+        // Release everything before the oldest exposure still open or sending (or everything
+        // read).
+        let release = self
+            .open
+            .iter()
+            .chain(self.sending.iter().map(|sending| &sending.exposure))
+            .map(|exposure| exposure.first_position)
+            .min_by_key(|position| position.offset)
+            .unwrap_or(self.reader.position());
+        let nothing_left = self.open.is_empty() && self.sending.is_empty();
+        if release.offset > drained.exposure.first_position.offset || nothing_left {
+            self.reader.commit_at(release)?;
+        }
+        Ok(Some(StepOutcome::Drained { exposure_id, files, incomplete }))
     }
 
     /// The index slot of `exposure_id`, opening it if new; when that exceeds the maximum, the
-    /// oldest open exposure is marked to be drained now.
-    fn exposure_slot(
-        &mut self,
-        exposure_id: u64,
-        position: ringbuffer::Position,
-        forced: &mut Option<usize>,
-    ) -> usize {
+    /// oldest unheld open exposure is marked to be drained next.
+    fn exposure_slot(&mut self, exposure_id: u64, position: ringbuffer::Position) -> usize {
         if let Some(at) = self.open.iter().position(|exposure| exposure.exposure_id == exposure_id) {
             return at;
         }
@@ -417,8 +833,9 @@ impl Drainer {
             held: false,
         });
         let unheld = self.open.iter().filter(|exposure| !exposure.held).count();
-        if unheld > self.options.max_open_exposures && forced.is_none() {
-            *forced = self.open.iter().position(|exposure| !exposure.held);
+        if unheld > self.options.max_open_exposures && self.forced.is_none() {
+            self.forced =
+                self.open.iter().find(|exposure| !exposure.held).map(|exposure| exposure.exposure_id);
         }
         self.open.len() - 1
     }
@@ -426,247 +843,6 @@ impl Drainer {
     fn unusable(&self, info: &RecordInfo, what: &str) {
         DrainControl::add(&self.control.records_unusable_total, 1);
         tracing::error!(sequence = info.sequence, "drain: skipping an unusable ring record: {what}");
-    }
-
-    fn drain_exposure(&mut self, index: usize, stop: &AtomicBool) -> Result<StepOutcome, DrainError> {
-        let complete = self.open[index].is_complete(&self.focalplane);
-        let exposure_id = self.open[index].exposure_id;
-        let Some(metadata) = self.open[index].end.clone().or_else(|| self.open[index].start.clone()) else {
-            // Without header-service metadata there is no OBSID, DAYOBS or DATE-BEG to write:
-            // the frames stay in the ring (the cursor does not pass them) and an operator is told,
-            // once; later exposures are drained meanwhile.
-            self.open[index].held = true;
-            DrainControl::add(&self.control.exposures_held_total, 1);
-            tracing::error!(
-                exposure_id,
-                "drain: exposure has frames but no header-service metadata; holding it in the ring \
-                 (the drain cursor stays before it) for an operator"
-            );
-            return Ok(StepOutcome::Idle);
-        };
-        let mut files = 0;
-        for detector in upload_order(&self.focalplane) {
-            let geometry = self.focalplane.detectors()[detector];
-            let raw = RawFile::new(geometry, &metadata).map_err(|error| DrainError::Assemble {
-                key: format!("exposure {exposure_id}"),
-                detail: error.to_string(),
-            })?;
-            let key = raw.object_key().to_owned();
-            let exposure = &self.open[index];
-            let missing: Vec<usize> = (0..geometry.segment_count())
-                .filter(|&segment| exposure.rows(detector, segment) != SEGMENT_ROWS)
-                .collect();
-            if missing.len() == geometry.segment_count() && !complete {
-                // Nothing of this detector arrived: no file (the exposure is marked incomplete).
-                continue;
-            }
-            self.file.clear();
-            let mut source = RingSegments { reader: &mut self.reader, frames: &exposure.frames[detector] };
-            let options = WriteOptions { allow_incomplete: true, verify_datasums: true };
-            raw.write(&mut self.file, &mut source, &options)
-                .map_err(|error| DrainError::Assemble { key: key.clone(), detail: error.to_string() })?;
-            if !self.upload_until_confirmed(&key, stop) {
-                return Ok(StepOutcome::Idle);
-            }
-            if let Some(manifest) = &mut self.manifest {
-                // Recorded before the cursor can move past the exposure: every object behind the
-                // cursor is in the manifest (after a crash here, it is confirmed and recorded again).
-                let entry =
-                    ManifestEntry::for_bytes(&key, &self.file, exposure_id, !complete, self.clock.now_ns());
-                manifest
-                    .record(&entry)
-                    .map_err(|error| DrainError::Manifest { key: key.clone(), source: error })?;
-            }
-            files += 1;
-        }
-        let drained = self.open.remove(index);
-        let incomplete = !complete;
-        DrainControl::add(&self.control.exposures_drained_total, 1);
-        if incomplete {
-            DrainControl::add(&self.control.exposures_incomplete_total, 1);
-            tracing::warn!(exposure_id, files, "drain: exposure drained incomplete");
-        } else {
-            tracing::info!(exposure_id, files, "drain: exposure confirmed at the base");
-        }
-        // Release everything before the oldest exposure still open (or everything read).
-        let release = self
-            .open
-            .iter()
-            .map(|exposure| exposure.first_position)
-            .min_by_key(|position| position.offset)
-            .unwrap_or(self.reader.position());
-        if release.offset > drained.first_position.offset || self.open.is_empty() {
-            self.reader.commit_at(release)?;
-        }
-        Ok(StepOutcome::Drained { exposure_id, files, incomplete })
-    }
-
-    /// Uploads `self.file` to `key` and verifies it, retrying with backoff until confirmed;
-    /// `false` if `stop` was set first.
-    fn upload_until_confirmed(&mut self, key: &str, stop: &AtomicBool) -> bool {
-        let mut delay = self.options.retry_initial;
-        loop {
-            match self.upload_once(key) {
-                Ok(()) => return true,
-                Err(error) => {
-                    DrainControl::add(&self.control.upload_failures_total, 1);
-                    tracing::warn!(key, %error, retry_in = ?delay, "drain: upload failed; retrying");
-                }
-            }
-            let deadline = std::time::Instant::now() + delay;
-            while std::time::Instant::now() < deadline {
-                if stop.load(Ordering::Relaxed) {
-                    return false;
-                }
-                std::thread::sleep(Duration::from_millis(20).min(delay));
-            }
-            delay = (delay * 2).min(self.options.retry_max);
-        }
-    }
-
-    /// Aborts multipart uploads an earlier attempt could not abort (the link was down), so no
-    /// orphaned parts stay at the base. An upload the store no longer knows is simply dropped.
-    fn abort_stale_uploads(&mut self) {
-        let mut still_stale = Vec::new();
-        for mut upload in std::mem::take(&mut self.stale_uploads) {
-            match self.runtime.block_on(upload.abort()) {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(_) => still_stale.push(upload),
-            }
-        }
-        if still_stale.len() > MAX_STALE_UPLOADS {
-            let dropped = still_stale.len() - MAX_STALE_UPLOADS;
-            still_stale.drain(..dropped);
-            tracing::error!(
-                dropped,
-                "drain: giving up aborting old multipart uploads; their parts stay at the base until a \
-                 bucket lifecycle rule (AbortIncompleteMultipartUpload) removes them"
-            );
-        }
-        self.stale_uploads = still_stale;
-    }
-
-    fn upload_once(&mut self, key: &str) -> Result<(), String> {
-        self.abort_stale_uploads();
-        let crc = crc32fast::hash(&self.file);
-        let length = self.file.len() as u64;
-        let path = ObjectPath::from(key);
-        let store = Arc::clone(&self.store);
-        // Already there? (A resend after a crash or a cut.)
-        match self.runtime.block_on(store.head(&path)) {
-            Ok(meta) => {
-                // S3 computed the ETag from the bytes it holds: a match needs no read-back.
-                let same_etag = self.verify_by_etag
-                    && meta.size == length
-                    && meta
-                        .e_tag
-                        .as_deref()
-                        .is_some_and(|etag| etag.trim_matches('"') == self.expected_etag());
-                let existing = if same_etag { crc } else { self.read_back_crc(&path)? };
-                if meta.size == length && existing == crc {
-                    DrainControl::add(&self.control.objects_confirmed_total, 1);
-                    DrainControl::add(&self.control.objects_already_present_total, 1);
-                    tracing::info!(key, "drain: object already at the base with the same bytes");
-                    return Ok(());
-                }
-                DrainControl::add(&self.control.conflicts_total, 1);
-                tracing::error!(
-                    key,
-                    existing_size = meta.size,
-                    existing_crc32 = format!("{existing:08x}"),
-                    crc32 = format!("{crc:08x}"),
-                    "drain: the base holds different bytes under this key; not overwriting it"
-                );
-                let conflict = ObjectPath::from(format!("{key}.conflict-{crc:08x}"));
-                return self.put_and_verify(&conflict, crc);
-            }
-            Err(object_store::Error::NotFound { .. }) => {}
-            Err(error) => return Err(format!("head {key}: {error}")),
-        }
-        self.put_and_verify(&path, crc)
-    }
-
-    /// The ETag an S3 store gives `self.file` as this drain uploads it (single part or multipart).
-    fn expected_etag(&self) -> String {
-        if self.file.len() > self.options.multipart_threshold_bytes {
-            multipart_etag(self.file.chunks(self.options.part_bytes))
-        } else {
-            md5_hex(&self.file)
-        }
-    }
-
-    fn put_and_verify(&mut self, path: &ObjectPath, crc: u32) -> Result<(), String> {
-        self.throttle();
-        let store = Arc::clone(&self.store);
-        // One copy of the file into shared memory; the parts are slices of it.
-        let file = bytes::Bytes::copy_from_slice(&self.file);
-        let verify_by_etag = self.verify_by_etag;
-        let expected_etag = if verify_by_etag { self.expected_etag() } else { String::new() };
-        // The file's CRC32 travels with the object as user metadata (`x-amz-meta-crc32`) so any
-        // client can check it; only S3-like stores (the ETag mode) keep user metadata.
-        let mut attributes = object_store::Attributes::new();
-        if verify_by_etag {
-            attributes.insert(object_store::Attribute::Metadata("crc32".into()), format!("{crc:08x}").into());
-        }
-        let result = if file.len() > self.options.multipart_threshold_bytes {
-            let parts: Vec<bytes::Bytes> = (0..file.len())
-                .step_by(self.options.part_bytes)
-                .map(|start| file.slice(start..(start + self.options.part_bytes).min(file.len())))
-                .collect();
-            let in_flight = self.options.parts_in_flight.max(1);
-            let stale = &mut self.stale_uploads;
-            let result = self.runtime.block_on(async {
-                use futures::{StreamExt, TryStreamExt};
-                let mut upload = store.put_multipart_opts(path, attributes.clone().into()).await?;
-                // put_part numbers the parts in call order; the uploads themselves run
-                // `parts_in_flight` at a time.
-                let uploads: Vec<_> =
-                    parts.into_iter().map(|part| upload.put_part(PutPayload::from(part))).collect();
-                let sent: Result<Vec<()>, object_store::Error> =
-                    futures::stream::iter(uploads).buffer_unordered(in_flight).try_collect().await;
-                let outcome = match sent {
-                    Ok(_) => upload.complete().await,
-                    Err(error) => Err(error),
-                };
-                if outcome.is_err() && upload.abort().await.is_err() {
-                    // Leave no parts behind: if the abort fails too (the link is down), it is
-                    // retried before the next upload.
-                    stale.push(upload);
-                }
-                outcome
-            });
-            result
-        } else {
-            self.runtime.block_on(store.put_opts(path, PutPayload::from(file), attributes.into()))
-        };
-        let result = result.map_err(|error| format!("put {path}: {error}"))?;
-        let verified_by_etag = self.verify_by_etag
-            && result.e_tag.as_deref().is_some_and(|etag| etag.trim_matches('"') == expected_etag);
-        if !verified_by_etag {
-            let stored = self.read_back_crc(path)?;
-            if stored != crc {
-                return Err(format!("{path}: read back CRC32 {stored:08x}, sent {crc:08x}"));
-            }
-        }
-        DrainControl::add(&self.control.objects_confirmed_total, 1);
-        DrainControl::add(&self.control.bytes_uploaded_total, self.file.len() as u64);
-        Ok(())
-    }
-
-    fn read_back_crc(&self, path: &ObjectPath) -> Result<u32, String> {
-        let store = Arc::clone(&self.store);
-        let bytes = self
-            .runtime
-            .block_on(async { store.get(path).await?.bytes().await })
-            .map_err(|error| format!("read back {path}: {error}"))?;
-        Ok(crc32fast::hash(&bytes))
-    }
-
-    fn throttle(&self) {
-        let rate = self.control.rate_limit_bytes_per_second.load(Ordering::Relaxed);
-        if rate > 0 {
-            std::thread::sleep(Duration::from_secs_f64(self.file.len() as f64 / rate as f64));
-        }
     }
 }
 
@@ -680,24 +856,6 @@ pub fn upload_order(focalplane: &Focalplane) -> Vec<usize> {
         DetectorKind::Guider => 2,
     });
     order
-}
-
-/// Lower-case hex MD5 of `bytes`: the ETag S3 gives a single-part upload.
-fn md5_hex(bytes: &[u8]) -> String {
-    use md5::Digest;
-    md5::Md5::digest(bytes).iter().map(|byte| format!("{byte:02x}")).collect()
-}
-
-/// The ETag S3 gives a multipart upload: the MD5 of the parts' binary MD5s, then `-{parts}`.
-fn multipart_etag<'a>(parts: impl Iterator<Item = &'a [u8]>) -> String {
-    use md5::Digest;
-    let mut digests = Vec::new();
-    let mut count = 0;
-    for part in parts {
-        digests.extend_from_slice(&md5::Md5::digest(part));
-        count += 1;
-    }
-    format!("{}-{count}", md5_hex(&digests))
 }
 
 /// Decodes a frame record: `(exposure, detector index, segment index, frame)` for this focal
@@ -763,38 +921,5 @@ impl SegmentSource for RingSegments<'_> {
             sink(&record.payload[FRAME_HEADER_BLOCK_BYTES..FRAME_HEADER_BLOCK_BYTES + pixels])?;
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn files_go_out_wavefront_first_then_science_then_guiders() {
-        let focalplane = Focalplane::lsstcam_subset(&["R00", "R22", "R44"]).expect("rafts");
-        let kinds: Vec<DetectorKind> =
-            upload_order(&focalplane).iter().map(|&index| focalplane.detectors()[index].kind()).collect();
-        assert_eq!(kinds.len(), focalplane.detectors().len());
-        let first_science = kinds.iter().position(|kind| *kind == DetectorKind::Science).expect("science");
-        let first_guider = kinds.iter().position(|kind| *kind == DetectorKind::Guider).expect("guiders");
-        assert!(kinds[..first_science].iter().all(|kind| *kind == DetectorKind::WavefrontHalf));
-        assert_eq!(first_science, 4, "two corner rafts, two wavefront half-sensors each");
-        assert!(kinds[first_science..first_guider].iter().all(|kind| *kind == DetectorKind::Science));
-        assert!(kinds[first_guider..].iter().all(|kind| *kind == DetectorKind::Guider));
-    }
-
-    #[test]
-    fn the_multipart_etag_is_the_md5_of_the_part_md5s_and_the_part_count() {
-        // The S3 convention, computed independently with python's hashlib.
-        let output = std::process::Command::new("python3")
-            .args([
-                "-c",
-                "import hashlib; print(hashlib.md5(hashlib.md5(b'a').digest() + hashlib.md5(b'b').digest()).hexdigest())",
-            ])
-            .output()
-            .expect("python3");
-        let expected = format!("{}-2", String::from_utf8(output.stdout).expect("utf-8").trim());
-        assert_eq!(multipart_etag([&b"a"[..], &b"b"[..]].into_iter()), expected);
     }
 }

@@ -8,22 +8,30 @@
 //! Contenders, alternated round by round (order reversed every other round), `sync`, a pause and
 //! (when permitted) a drop of the page cache before each timed run, medians reported:
 //! - `drain-s3`: a `Drainer` on the ring (the optional `prompt` cursor, restarted every run at
-//!   the `drain` cursor, which no run moves) stepped until every exposure is drained, to a moto S3 server on loopback (a fresh server and bucket
-//!   per run), `verify_by_etag = true`, `DrainOptions::default()`;
+//!   the `drain` cursor, which no run moves) stepped until every exposure is drained, to a moto
+//!   S3 server on loopback (a fresh server and bucket per run), `verify_by_etag = true`, the
+//!   drain's default options (its pipeline: files assembled on the stepping thread while up to
+//!   `files_in_flight` upload on the drain's upload thread);
 //! - `boto3`: boto3's `upload_file` of the same files, one after the other, to a fresh moto server
 //!   and bucket, default `TransferConfig` (8 MiB threshold and parts, 10 threads), timed inside
 //!   python (interpreter start and imports excluded);
 //! - `drain-local`: the same drain to a `LocalFileSystem` base on the same disk, then `sync`;
 //! - `cp`: `cp -r` of the same files to another directory on the same disk, then `sync`.
 //!
-//! GB/s count the raw FITS bytes moved (10^9 B/s). CPU: the drain runs on this process's main
-//! thread (a current-thread tokio runtime) and nothing else runs in the process meanwhile, so its
-//! CPU is this process's CPU over the run (`/proc/self/stat`); boto3's is python's
-//! `time.process_time()` over its timed section; the moto server's is read from
-//! `/proc/PID/stat` before and after. The backlog catch-up rate is the drain's throughput as a
-//! multiple of the nominal acquisition rates (LATISS; LSSTCam; one raft of LSSTCam).
+//! GB/s count the raw FITS bytes moved (10^9 B/s). CPU: nothing but the drain runs in this
+//! process during a drain run (the ingest is shut down), so the drain's CPU, all its threads
+//! (stepping, upload, blocking pool) included, is this process's CPU over the run
+//! (`/proc/self/stat`); boto3's is python's `time.process_time()` over its timed section; the
+//! moto server's is read from `/proc/PID/stat` before and after. The backlog catch-up rate is the
+//! drain's throughput as a multiple of the nominal acquisition rates (LATISS; LSSTCam; one raft
+//! of LSSTCam, a node's share).
 //!
-//! `--part-bytes` and `--multipart-threshold` change those two `DrainOptions` (to try a tuning).
+//! After the rounds, one more drain to the local directory runs with
+//! `rate_limit_bytes_per_second = --rate-limit` (0 skips it) and prints the average rate it
+//! achieved next to the limit (the token bucket allows one burst on top: one file).
+//!
+//! `--part-bytes`, `--multipart-threshold`, `--files-in-flight` and `--parts-in-flight` change
+//! those `DrainOptions` (to try a tuning).
 //!
 //! Run: `scripts/bench-drain SCRATCH_DIR`, or
 //! `cargo run --release -p hw-sim --example drain-bench -- --dir SCRATCH_DIR`.
@@ -68,6 +76,15 @@ struct Cli {
     /// `DrainOptions::multipart_threshold_bytes` (default: the drain's default), to try a tuning.
     #[arg(long, value_parser = size_arg)]
     multipart_threshold: Option<u64>,
+    /// `DrainOptions::files_in_flight` (default: the drain's default), to try a tuning.
+    #[arg(long)]
+    files_in_flight: Option<usize>,
+    /// `DrainOptions::parts_in_flight` (default: the drain's default), to try a tuning.
+    #[arg(long)]
+    parts_in_flight: Option<usize>,
+    /// The rate limit checked after the rounds, bytes per second (0: no check).
+    #[arg(long, value_parser = size_arg, default_value = "100000000")]
+    rate_limit: u64,
     /// Run only this contender, `--rounds` times (for profiling): drain-s3, boto3, drain-local, cp.
     #[arg(long)]
     only: Option<String>,
@@ -211,6 +228,7 @@ fn drain_all(
     store: Arc<dyn ObjectStore>,
     verify_by_etag: bool,
     exposures: u32,
+    rate_limit_bytes_per_second: u64,
 ) -> Result<(u64, f64, f64), BoxError> {
     let reader = ring.reader_from("prompt", "drain")?;
     let cpu_before = cpu_seconds();
@@ -219,6 +237,7 @@ fn drain_all(
     let options = drain_options();
     let mut drainer =
         Drainer::new(reader, store, verify_by_etag, focalplane, Arc::new(SystemClock), options)?;
+    drainer.control().rate_limit_bytes_per_second.store(rate_limit_bytes_per_second, Ordering::Relaxed);
     let stop = AtomicBool::new(false);
     let mut drained = 0;
     while drained < exposures {
@@ -244,7 +263,7 @@ fn drain_all(
     Ok((control.bytes_uploaded_total.load(Ordering::Relaxed), wall, cpu))
 }
 
-/// The options of every drain: the defaults, but for `--part-bytes` and `--multipart-threshold`.
+/// The options of every drain: the defaults, but for the tuning flags.
 static OPTIONS: std::sync::OnceLock<DrainOptions> = std::sync::OnceLock::new();
 
 fn drain_options() -> DrainOptions {
@@ -350,7 +369,7 @@ fn run_contender(which: usize, ctx: &Context) -> Result<Measured, BoxError> {
                 let store = moto.store("drain")?;
                 prepare_run(ctx.drop_caches);
                 let server_before = moto.cpu_seconds();
-                let (bytes, wall_seconds, cpu) = drain_all(&ctx.ring, store, true, ctx.exposures)?;
+                let (bytes, wall_seconds, cpu) = drain_all(&ctx.ring, store, true, ctx.exposures, 0)?;
                 Measured {
                     bytes,
                     wall_seconds,
@@ -385,7 +404,7 @@ fn run_contender(which: usize, ctx: &Context) -> Result<Measured, BoxError> {
             let store = Arc::new(LocalFileSystem::new_with_prefix(&base)?);
             prepare_run(ctx.drop_caches);
             let started = Instant::now();
-            let (bytes, _, cpu) = drain_all(&ctx.ring, store, false, ctx.exposures)?;
+            let (bytes, _, cpu) = drain_all(&ctx.ring, store, false, ctx.exposures, 0)?;
             Command::new("sync").status()?;
             let wall_seconds = started.elapsed().as_secs_f64();
             if files_under(&base)? != ctx.file_list {
@@ -473,6 +492,13 @@ fn run(cli: &Cli) -> Result<ExitCode, BoxError> {
     if let Some(bytes) = cli.multipart_threshold {
         options.multipart_threshold_bytes = usize::try_from(bytes)?;
     }
+    if let Some(files) = cli.files_in_flight {
+        options.files_in_flight = files;
+    }
+    if let Some(parts) = cli.parts_in_flight {
+        options.parts_in_flight = parts;
+    }
+    options.validate()?;
     let _ = OPTIONS.set(options);
     let invocation: Vec<String> = std::env::args().collect();
     println!("# drain-bench  {}  kernel {}  {}", utc_now(), kernel_release(), filesystem_of(dir));
@@ -488,7 +514,7 @@ fn run(cli: &Cli) -> Result<ExitCode, BoxError> {
     let files = dir.join("files");
     std::fs::create_dir_all(&files)?;
     let (bytes, _, _) =
-        drain_all(&ring, Arc::new(LocalFileSystem::new_with_prefix(&files)?), false, cli.exposures)?;
+        drain_all(&ring, Arc::new(LocalFileSystem::new_with_prefix(&files)?), false, cli.exposures, 0)?;
     let file_list = files_under(&files)?;
     if file_list.len() != cli.exposures as usize
         || file_list.iter().map(|(_, size)| size).sum::<u64>() != bytes
@@ -508,13 +534,22 @@ fn run(cli: &Cli) -> Result<ExitCode, BoxError> {
         "# before each timed run: sync, 2 s pause, {}",
         if drop_caches { "page cache dropped" } else { "page cache NOT dropped (not permitted)" }
     );
+    let (chosen, defaults) = (drain_options(), DrainOptions::default());
     println!(
-        "# drain: multipart above {} B, parts of {} B, one at a time (defaults: {} and {}); boto3: \
-         upload_file, default TransferConfig (8 MiB threshold and parts, 10 threads)",
-        drain_options().multipart_threshold_bytes,
-        drain_options().part_bytes,
-        DrainOptions::default().multipart_threshold_bytes,
-        DrainOptions::default().part_bytes
+        "# drain: {} files in flight, one PUT up to {} B, above it parts of {} B, {} parts in flight \
+         (defaults: {}, {}, {}, {})",
+        chosen.files_in_flight,
+        chosen.multipart_threshold_bytes,
+        chosen.part_bytes,
+        chosen.parts_in_flight,
+        defaults.files_in_flight,
+        defaults.multipart_threshold_bytes,
+        defaults.part_bytes,
+        defaults.parts_in_flight
+    );
+    println!(
+        "# boto3: upload_file, default TransferConfig (8 MiB threshold and parts, 10 threads), one \
+         file after the other"
     );
     println!();
     let ctx =
@@ -540,6 +575,11 @@ fn run(cli: &Cli) -> Result<ExitCode, BoxError> {
             results[which].push(measured);
         }
     }
+    let rate_check = if cli.rate_limit > 0 && only.is_none() {
+        Some(rate_limit_check(&ctx, cli.rate_limit)?)
+    } else {
+        None
+    };
     std::fs::remove_dir_all(&ctx.files)?;
     ctx.ring.close()?;
     std::fs::remove_dir_all(dir.join("ring"))?;
@@ -593,6 +633,29 @@ fn run(cli: &Cli) -> Result<ExitCode, BoxError> {
             );
         }
     }
+    if let Some((limit, achieved, bytes, wall_seconds)) = rate_check {
+        println!(
+            "  rate limit {:.1} MB/s (drain-local, one run, {:.3} GB in {wall_seconds:.2} s): {:.1} MB/s \
+             achieved, {:.2}x the limit (one file of burst allowed: {:.2}x at most)",
+            limit as f64 / 1e6,
+            bytes as f64 / 1e9,
+            achieved / 1e6,
+            achieved / limit as f64,
+            bytes as f64 / (bytes as f64 - bytes as f64 / f64::from(cli.exposures.max(1)))
+        );
+    }
     println!("# load average at end: {}", load_average());
     Ok(ExitCode::SUCCESS)
+}
+
+/// One drain to a fresh local directory with the rate limit set: (limit, achieved bytes per
+/// second, bytes, wall seconds).
+fn rate_limit_check(ctx: &Context, limit_bytes_per_second: u64) -> Result<(u64, f64, u64, f64), BoxError> {
+    let base = ctx.dir.join("drain-local");
+    std::fs::create_dir_all(&base)?;
+    let store = Arc::new(LocalFileSystem::new_with_prefix(&base)?);
+    prepare_run(ctx.drop_caches);
+    let (bytes, wall_seconds, _) = drain_all(&ctx.ring, store, false, ctx.exposures, limit_bytes_per_second)?;
+    std::fs::remove_dir_all(&base)?;
+    Ok((limit_bytes_per_second, bytes as f64 / wall_seconds, bytes, wall_seconds))
 }

@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use dma_ingest::completeness::CompletenessEvent;
 use dma_ingest::{IngestEvent, IngestHandle, IngestObserver, IngestOptions};
-use failover::drain::{DrainControl, DrainOptions, Drainer, StepOutcome};
+use failover::drain::{DrainControl, DrainOptions, Drainer, StepOutcome, UploadClaims};
 use failover::link::{HttpProbe, LinkMonitorHandle, Probe, TcpConnectProbe};
 use failover::manifest::Manifest;
 use object_store::ObjectStore;
@@ -492,6 +492,8 @@ impl Node {
             lanes.push((true, ring.reader_from(LIVE_CURSOR, "drain").map_err(|error| error.to_string())?));
         }
         let mut manifest = Some(manifest);
+        // Both lanes claim the keys they upload, so a file both see at once crosses the link once.
+        let claims = Arc::new(UploadClaims::default());
         for (live, reader) in lanes {
             let lane_options = DrainOptions { live, ..options.clone() };
             let build: LaneBuilder = {
@@ -500,6 +502,7 @@ impl Node {
                 let focalplane = plan.focalplane.clone();
                 let clock = Arc::clone(&self.clock);
                 let link = Arc::clone(&self.link);
+                let claims = Arc::clone(&claims);
                 Box::new(move |reader| {
                     Ok(Drainer::new(
                         reader,
@@ -509,7 +512,8 @@ impl Node {
                         Arc::clone(&clock),
                         lane_options.clone(),
                     )?
-                    .with_link_monitor(Arc::clone(&link)))
+                    .with_link_monitor(Arc::clone(&link))
+                    .with_upload_claims(Arc::clone(&claims)))
                 })
             };
             let mut drainer = build(reader)

@@ -300,15 +300,33 @@ pub fn latiss_plan(day: i64, count: u32) -> NightPlan {
 
 /// A running LATISS ingest into a new 1 GiB ring in `directory`, with readers on `cursors`
 /// (optional cursors, added before the ring moves into the ingest).
+///
+/// Bounded: [`LiveIngest::play`] and [`LiveIngest::wait_durable`] give up after a deadline and on
+/// an ingest `Failed` event, and then the ingest is *abandoned* (leaked, not dropped): an ingest
+/// that stopped reading leaves the player and its own reader threads blocked on the sockets, and
+/// dropping it would wait for them forever. The test fails; the process ends the threads.
 pub struct LiveIngest {
-    /// The ingest.
-    pub ingest: IngestHandle,
+    ingest: Option<IngestHandle>,
     /// One reader per cursor asked for, in order.
     pub readers: Vec<ringbuffer::Reader>,
     /// The frame socket.
     pub frames: PathBuf,
     /// The header-service socket.
     pub metadata: PathBuf,
+    /// Exposures complete, and `EndReadout` records durable, seen so far.
+    seen: std::cell::Cell<(u32, u32)>,
+    /// Exposures already waited for.
+    waited: std::cell::Cell<u32>,
+    abandoned: std::cell::Cell<bool>,
+}
+
+/// An exposure's `EndReadout` as the player sent it.
+#[derive(Clone, Copy, Debug)]
+pub struct EndReadout {
+    /// The exposure.
+    pub exposure_id: u64,
+    /// When it was sent (after the exposure's last frame), ns since the Unix epoch.
+    pub sent_ns: u64,
 }
 
 /// Starts a LATISS ingest; see [`LiveIngest`]. `drain` is the ring's required cursor.
@@ -335,41 +353,136 @@ pub fn start_ingest(directory: &Path, cursors: &[&str]) -> LiveIngest {
         Arc::new(SystemClock),
     )
     .expect("ingest");
-    LiveIngest { ingest, readers, frames, metadata }
+    LiveIngest {
+        ingest: Some(ingest),
+        readers,
+        frames,
+        metadata,
+        seen: std::cell::Cell::new((0, 0)),
+        waited: std::cell::Cell::new(0),
+        abandoned: std::cell::Cell::new(false),
+    }
 }
 
-/// Plays `plan`'s LATISS exposures into the ingest's sockets (`compression` None: as fast as the
-/// ingest accepts), calling `on_end_readout` with each exposure's `EndReadout` as it is sent.
-pub fn play(
-    live: &LiveIngest,
-    plan: NightPlan,
-    compression: Option<TimeCompression>,
-    on_end_readout: &mut dyn FnMut(&ExposureProgress<'_>),
-) {
-    let lsstcam = Focalplane::lsstcam_subset(&["R22"]).expect("R22");
-    let latiss = Focalplane::latiss();
-    let schedule = NightSchedule::new(plan, &lsstcam, &latiss).expect("schedule");
-    let mut sink = UnixFrameSender::connect(&live.frames).expect("connect frames");
-    let mut meta = UnixFrameSender::connect(&live.metadata).expect("connect metadata");
-    let mut options = PlayOptions::new(SkyParameters::default());
-    options.compression = compression;
-    play_with_metadata(schedule, &mut sink, Some(&mut meta), options, on_end_readout).expect("play");
-}
+impl LiveIngest {
+    fn handle(&self) -> &IngestHandle {
+        self.ingest.as_ref().expect("the ingest runs")
+    }
 
-/// Waits for `count` exposures to be complete and their metadata durable.
-pub fn wait_durable(ingest: &IngestHandle, count: u32) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let (mut complete, mut end_readouts) = (0, 0);
-    while complete < count || end_readouts < count {
-        assert!(
-            Instant::now() < deadline,
-            "ingest: {complete} of {count} exposures complete, {end_readouts} durable"
-        );
-        match ingest.events().recv_timeout(Duration::from_millis(100)) {
-            Ok(IngestEvent::Completeness(CompletenessEvent::ExposureComplete { .. })) => complete += 1,
-            Ok(IngestEvent::MetadataDurable { kind, .. }) if kind == "EndReadout" => end_readouts += 1,
-            Ok(IngestEvent::Failed { detail }) => panic!("ingest failed: {detail}"),
+    /// Fails the test, abandoning the ingest (see [`LiveIngest`]).
+    fn abandon(&self, why: String) -> ! {
+        self.abandoned.set(true);
+        panic!("{why} (the ingest is abandoned, not dropped: its threads may be blocked)");
+    }
+
+    /// Reads the ingest's events for up to `wait`, counting completions.
+    fn pump(&self, wait: Duration) {
+        match self.handle().events().recv_timeout(wait) {
+            Ok(IngestEvent::Completeness(CompletenessEvent::ExposureComplete { .. })) => {
+                let (complete, ends) = self.seen.get();
+                self.seen.set((complete + 1, ends));
+            }
+            Ok(IngestEvent::MetadataDurable { kind, .. }) if kind == "EndReadout" => {
+                let (complete, ends) = self.seen.get();
+                self.seen.set((complete, ends + 1));
+            }
+            Ok(IngestEvent::Failed { detail }) => self.abandon(format!("ingest failed: {detail}")),
             _ => {}
+        }
+    }
+
+    /// Plays `plan`'s LATISS exposures into the ingest's sockets from a player thread
+    /// (`compression` None: as fast as the ingest accepts), calling `on_end_readout` for each
+    /// exposure's `EndReadout` once it was sent. Fails (abandoning the ingest) if the play does
+    /// not end within its schedule plus 60 s, or the ingest fails.
+    pub fn play(
+        &self,
+        plan: NightPlan,
+        compression: Option<TimeCompression>,
+        on_end_readout: &mut dyn FnMut(EndReadout),
+    ) {
+        use ringbuffer::Clock;
+        let count = plan.latiss.map_or(0, |latiss| latiss.count);
+        let schedule_seconds = match compression {
+            Some(compression) => f64::from(count) * LATISS_CADENCE_SECONDS / compression.factor,
+            None => 10.0 * f64::from(count),
+        };
+        let deadline = Instant::now() + Duration::from_secs_f64(schedule_seconds + 60.0);
+        let (frames, metadata) = (self.frames.clone(), self.metadata.clone());
+        let (sender, ends) = std::sync::mpsc::channel::<EndReadout>();
+        let player = std::thread::Builder::new()
+            .name("player".to_owned())
+            .spawn(move || {
+                let lsstcam = Focalplane::lsstcam_subset(&["R22"]).expect("R22");
+                let latiss = Focalplane::latiss();
+                let schedule = NightSchedule::new(plan, &lsstcam, &latiss).expect("schedule");
+                let mut sink = UnixFrameSender::connect(&frames).expect("connect frames");
+                let mut meta = UnixFrameSender::connect(&metadata).expect("connect metadata");
+                let mut options = PlayOptions::new(SkyParameters::default());
+                options.compression = compression;
+                let mut on_exposure = |progress: &ExposureProgress<'_>| {
+                    let exposure_id = progress.end_readout.metadata.exposure_id;
+                    let _ = sender.send(EndReadout { exposure_id, sent_ns: SystemClock.now_ns() });
+                };
+                play_with_metadata(schedule, &mut sink, Some(&mut meta), options, &mut on_exposure)
+                    .map(|_| ())
+                    .map_err(|error| error.to_string())
+            })
+            .expect("spawn the player");
+        loop {
+            while let Ok(end) = ends.try_recv() {
+                on_end_readout(end);
+            }
+            if player.is_finished() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                self.abandon(format!(
+                    "the play of {count} LATISS exposures did not end within {:.0} s: the ingest stopped \
+                     reading? ({:?} complete and EndReadout durable so far)",
+                    schedule_seconds + 60.0,
+                    self.seen.get()
+                ));
+            }
+            self.pump(Duration::from_millis(20));
+        }
+        while let Ok(end) = ends.try_recv() {
+            on_end_readout(end);
+        }
+        match player.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => self.abandon(format!("play: {error}")),
+            Err(_) => self.abandon("the player panicked".to_owned()),
+        }
+    }
+
+    /// Waits for `count` more exposures (beyond those already waited for) to be complete and
+    /// their `EndReadout` durable; fails (abandoning the ingest) after 60 s.
+    pub fn wait_durable(&self, count: u32) {
+        let target = self.waited.get() + count;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.seen.get().0 < target || self.seen.get().1 < target {
+            if Instant::now() >= deadline {
+                self.abandon(format!(
+                    "ingest: {:?} exposures complete and EndReadout durable, {target} expected",
+                    self.seen.get()
+                ));
+            }
+            self.pump(Duration::from_millis(100));
+        }
+        self.waited.set(target);
+    }
+
+    /// Stops the ingest (everything received is durable) and returns its ring.
+    pub fn shutdown(mut self) -> Ring {
+        self.ingest.take().expect("the ingest runs").shutdown().expect("shutdown")
+    }
+}
+
+impl Drop for LiveIngest {
+    fn drop(&mut self) {
+        if self.abandoned.get() {
+            std::mem::forget(self.ingest.take());
         }
     }
 }
@@ -378,9 +491,9 @@ pub fn wait_durable(ingest: &IngestHandle, count: u32) {
 /// the ring (closed by the ingest, reopened for the drain) and where each exposure lies in it.
 pub fn ingest_backlog(directory: &Path, day: i64, count: u32) -> (Ring, Vec<ExposureSpan>) {
     let live = start_ingest(directory, &[]);
-    play(&live, latiss_plan(day, count), None, &mut |_| {});
-    wait_durable(&live.ingest, count);
-    let mut ring = live.ingest.shutdown().expect("shutdown");
+    live.play(latiss_plan(day, count), None, &mut |_| {});
+    live.wait_durable(count);
+    let mut ring = live.shutdown();
     let spans = exposure_spans(&mut ring);
     assert_eq!(spans.len(), count as usize, "one span per exposure");
     (ring, spans)
