@@ -108,6 +108,51 @@ struct Cli {
     /// its first lap). Isolates ext4's unwritten-extent conversion at `fdatasync`.
     #[arg(long)]
     zero_fill: bool,
+    /// Where the frames come from: `socket` (hw-sim's sender over a Unix socket, the default) or
+    /// `replay` (a replay file of every lap written once to `--replay-dir` before the rounds and
+    /// read by the ingest's file endpoint: no sender, no socket, the closest this machine has to
+    /// a DMA device). With `replay`, `naive` reads the file and `socket` becomes the file read
+    /// and discarded.
+    #[arg(long, default_value = "socket")]
+    input: String,
+    /// Directory of the replay file (`--input replay`); tmpfs keeps the disk out of the reads.
+    #[arg(long, default_value = "/dev/shm")]
+    replay_dir: PathBuf,
+}
+
+/// The replay file of `--input replay` (written once), else `None`.
+static REPLAY: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+
+fn replay_file() -> Option<&'static PathBuf> {
+    REPLAY.get().and_then(Option::as_ref)
+}
+
+/// Removes the file when dropped (the replay file, however the run ends).
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(path) = &self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Writes every lap of `set` (patched as the sender would) back to back into `path`.
+fn write_replay(set: &mut FrameSet, laps: u64, path: &Path) -> Result<u64, BoxError> {
+    let mut file = std::io::BufWriter::with_capacity(8 << 20, std::fs::File::create(path)?);
+    let per_lap = set.frames.len();
+    let (mut sequence, mut bytes) = (0u64, 0u64);
+    for lap in 0..laps {
+        for index in 0..per_lap {
+            sequence += 1;
+            let frame = set.prepare(lap, index, sequence);
+            file.write_all(frame)?;
+            bytes += frame.len() as u64;
+        }
+    }
+    file.flush()?;
+    Ok(bytes)
 }
 
 fn size_arg(text: &str) -> Result<u64, String> {
@@ -259,6 +304,55 @@ fn spawn_sender(
 // ---------------------------------------------------------------------------------------------
 // Runs
 
+/// The block device's request counters (`/sys/class/block/DEV/stat`) at one moment, to show
+/// what each contender asks of the disk: write requests and their size, flushes, busy time.
+#[derive(Clone, Copy, Default)]
+struct DiskStat {
+    write_requests: u64,
+    write_sectors: u64,
+    flushes: u64,
+    busy_ms: u64,
+}
+
+/// `/sys/class/block/DEV/stat` of the device holding the scratch directory, set once at start.
+static DISK_STAT_PATH: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+
+impl DiskStat {
+    /// The stat file of the device `dir` is on (`None` for a device that has none, e.g. tmpfs).
+    fn path_for(dir: &Path) -> Option<PathBuf> {
+        let text = filesystem_of(dir);
+        let device = text.split(" on ").nth(1)?.split_whitespace().next()?;
+        let name = device.strip_prefix("/dev/")?;
+        let path = PathBuf::from(format!("/sys/class/block/{name}/stat"));
+        path.exists().then_some(path)
+    }
+
+    fn now() -> Option<DiskStat> {
+        let path = DISK_STAT_PATH.get()?.as_ref()?;
+        let text = std::fs::read_to_string(path).ok()?;
+        let fields: Vec<u64> = text.split_whitespace().filter_map(|field| field.parse().ok()).collect();
+        Some(DiskStat {
+            write_requests: *fields.get(4)?,
+            write_sectors: *fields.get(6)?,
+            busy_ms: *fields.get(9)?,
+            flushes: fields.get(15).copied().unwrap_or(0),
+        })
+    }
+
+    /// What happened since `self`, as text for a run's line.
+    fn since(before: Option<DiskStat>, wall_seconds: f64) -> String {
+        let (Some(before), Some(after)) = (before, DiskStat::now()) else { return String::new() };
+        let requests = after.write_requests - before.write_requests;
+        let kib = (after.write_sectors - before.write_sectors) as f64 * 512.0 / 1024.0;
+        format!(
+            "  disk: {requests} write requests of {:.0} KiB avg, {} flushes, busy {:.0}%",
+            kib / requests.max(1) as f64,
+            after.flushes - before.flushes,
+            (after.busy_ms - before.busy_ms) as f64 / 10.0 / wall_seconds
+        )
+    }
+}
+
 /// One timed run of any contender.
 struct Measured {
     /// Frame bytes (or fio bytes) per second, GB/s.
@@ -274,6 +368,8 @@ struct Measured {
     wall_seconds: f64,
     /// Exposures the ingest declared incomplete although every frame was sent.
     incomplete_exposures: u64,
+    /// What the disk saw during the run ([`DiskStat::since`]).
+    disk: String,
 }
 
 impl Measured {
@@ -343,13 +439,22 @@ impl CpuMark {
 
 /// A ring for `stored_bytes` of records (plus slack) in `dir/ring`.
 fn create_ring(dir: &Path, capacity: u64) -> Result<Ring, BoxError> {
+    // The previous run's ring was just removed: ext4 reuses its blocks only once the deletion is
+    // committed, and on a nearly full disk the new ring's fallocate needs them.
+    let _ = std::process::Command::new("sync").status();
     let mut create = CreateOptions::new(round_up_to_block(capacity), 2);
     create.max_payload_bytes = 5 << 20;
     create.zero_fill = ZERO_FILL.get().copied().unwrap_or(false);
     Ok(Ring::create(&dir.join("ring"), &create, RingOptions::default())?)
 }
 
-fn start_ingest(ring: Ring, dir: &Path, backend: Backend) -> Result<IngestHandle, BoxError> {
+/// The ingest on `backend`, reading `replay` if given, else listening on `dir/frames.sock`.
+fn start_ingest(
+    ring: Ring,
+    dir: &Path,
+    backend: Backend,
+    replay: Option<&PathBuf>,
+) -> Result<IngestHandle, BoxError> {
     let mut options = IngestOptions::new("latiss");
     if let Some(open) = MAX_OPEN_EXPOSURES.get().copied().flatten() {
         options.tracker.max_open_exposures = open;
@@ -358,7 +463,10 @@ fn start_ingest(ring: Ring, dir: &Path, backend: Backend) -> Result<IngestHandle
         Backend::IoUring => BackendChoice::IoUring,
         Backend::Portable => BackendChoice::Portable,
     };
-    let frames = Endpoint::Unix(dir.join("frames.sock"));
+    let frames = match replay {
+        Some(path) => Endpoint::File(path.clone()),
+        None => Endpoint::Unix(dir.join("frames.sock")),
+    };
     let ingest =
         IngestHandle::start(ring, Focalplane::latiss(), &frames, None, options, Arc::new(SystemClock))?;
     if ingest.backend() != backend {
@@ -418,13 +526,21 @@ fn ingest_throughput(
     // Slack so the fill stays below the ring's 80% warning.
     let ring = create_ring(dir, stored + stored / 4 + (64 << 20))?;
     settle();
-    let ingest = start_ingest(ring, dir, backend)?;
+    let ingest = start_ingest(ring, dir, backend, replay_file())?;
+    let disk = DiskStat::now();
     let cpu = CpuMark::now();
     let started = Instant::now();
-    let sender = spawn_sender(set, dir.join("frames.sock"), laps, Pace::Flat, None);
+    let input = match replay_file() {
+        Some(_) => Err(set),
+        None => Ok(spawn_sender(set, dir.join("frames.sock"), laps, Pace::Flat, None)),
+    };
     let waited = wait_durable(&ingest, frames, Duration::from_secs(600), &mut |_| {});
     let wall_seconds = started.elapsed().as_secs_f64();
-    let (sent, set) = sender_result(sender)?;
+    let disk = DiskStat::since(disk, wall_seconds);
+    let (sent, set) = match input {
+        Ok(sender) => sender_result(sender)?,
+        Err(set) => (Sent { bytes: laps * set.bytes_per_lap(), cpu_seconds: 0.0 }, set),
+    };
     let cpu_seconds = cpu.others_since(sent.cpu_seconds);
     let incomplete_exposures = waited?;
     ingest.shutdown()?.close()?;
@@ -438,6 +554,7 @@ fn ingest_throughput(
             sender_cpu_seconds: sent.cpu_seconds,
             wall_seconds,
             incomplete_exposures,
+            disk,
         },
         set,
     ))
@@ -457,10 +574,14 @@ fn naive_throughput(
     let listener = UnixListener::bind(&socket)?;
     let path = dir.join("naive.dat");
     settle();
+    let disk = DiskStat::now();
     let cpu = CpuMark::now();
     let started = Instant::now();
     let receiver = std::thread::spawn(move || -> Result<u64, BoxError> {
-        let (mut stream, _) = listener.accept()?;
+        let mut stream: Box<dyn Read> = match replay_file() {
+            Some(replay) => Box::new(std::fs::File::open(replay)?),
+            None => Box::new(listener.accept()?.0),
+        };
         let mut file = sync_every.map(|_| std::fs::File::create(&path)).transpose()?;
         let mut buffer = vec![0u8; 1 << 20];
         let (mut total, mut unsynced) = (0u64, 0u64);
@@ -483,10 +604,17 @@ fn naive_throughput(
         }
         Ok(total)
     });
-    let sender = spawn_sender(set, socket.clone(), laps, Pace::Flat, None);
+    let input = match replay_file() {
+        Some(_) => Err(set),
+        None => Ok(spawn_sender(set, socket.clone(), laps, Pace::Flat, None)),
+    };
     let received = receiver.join().map_err(|_| "naive receiver panicked")?;
     let wall_seconds = started.elapsed().as_secs_f64();
-    let (sent, set) = sender_result(sender)?;
+    let disk = DiskStat::since(disk, wall_seconds);
+    let (sent, set) = match input {
+        Ok(sender) => sender_result(sender)?,
+        Err(set) => (Sent { bytes: laps * set.bytes_per_lap(), cpu_seconds: 0.0 }, set),
+    };
     let cpu_seconds = cpu.others_since(sent.cpu_seconds);
     let received = received?;
     if received != sent.bytes {
@@ -506,6 +634,7 @@ fn naive_throughput(
             sender_cpu_seconds: sent.cpu_seconds,
             wall_seconds,
             incomplete_exposures: 0,
+            disk,
         },
         set,
     ))
@@ -519,9 +648,12 @@ fn fio_throughput(dir: &Path, block: u64, total: u64, group: u64, depth: u32) ->
         run_fio(&fio_args(&file, block, total, group, depth)).map_err(|e| e.to_string())?;
     }
     settle();
+    let disk = DiskStat::now();
     let result = run_fio(&fio_args(&file, block, total, group, depth)).map_err(|e| e.to_string())?;
-    std::fs::remove_file(&file)?;
     let wall_seconds = result.runtime_ms / 1e3;
+    // fio's own runtime; the counters also see its file layout before the timed writes.
+    let disk = DiskStat::since(disk, wall_seconds);
+    std::fs::remove_file(&file)?;
     Ok(Measured {
         gbps: result.bw_bytes / 1e9,
         stored_gbps: result.bw_bytes / 1e9,
@@ -530,6 +662,7 @@ fn fio_throughput(dir: &Path, block: u64, total: u64, group: u64, depth: u32) ->
         sender_cpu_seconds: 0.0,
         wall_seconds,
         incomplete_exposures: 0,
+        disk,
     })
 }
 
@@ -546,7 +679,7 @@ fn ingest_latency(
     let ring = create_ring(dir, laps * set.stored_bytes_per_lap() + (64 << 20))?;
     let mut reader = ring.reader("drain")?;
     settle();
-    let ingest = start_ingest(ring, dir, backend)?;
+    let ingest = start_ingest(ring, dir, backend, None)?;
     let sent_at = Arc::new(Mutex::new(vec![None; frames as usize]));
     let follower = std::thread::spawn(move || -> Result<Vec<(u64, Instant)>, BoxError> {
         let mut seen = Vec::with_capacity(frames as usize);
@@ -602,7 +735,7 @@ fn ingest_rss(
     let mut reader = ring.reader("drain")?;
     settle();
     let before_start_kib = vm_rss_kib();
-    let ingest = start_ingest(ring, dir, backend)?;
+    let ingest = start_ingest(ring, dir, backend, None)?;
     let done = Arc::new(AtomicBool::new(false));
     let drain_done = Arc::clone(&done);
     let drain = std::thread::spawn(move || -> Result<u64, BoxError> {
@@ -695,6 +828,7 @@ fn run(cli: &Cli) -> Result<ExitCode, BoxError> {
     dma_ingest::probe_io_uring().map_err(|reason| format!("io_uring is not usable here: {reason}"))?;
     let _ = MAX_OPEN_EXPOSURES.set(cli.max_open_exposures);
     let _ = ZERO_FILL.set(cli.zero_fill);
+    let _ = DISK_STAT_PATH.set(DiskStat::path_for(&cli.dir));
     let dir = &cli.dir;
     std::fs::create_dir_all(dir)?;
     for leftover in ["ring", "fio-reference.dat", "naive.dat"] {
@@ -716,11 +850,32 @@ fn run(cli: &Cli) -> Result<ExitCode, BoxError> {
     println!("# ingest-bench  {}  kernel {}  {}", utc_now(), kernel_release(), filesystem_of(dir));
     println!("# command: {}", invocation.join(" "));
     println!("# load average at start: {}  ({} CPUs)", load_average(), std::thread::available_parallelism()?);
+    let replay = match cli.input.as_str() {
+        "socket" => None,
+        "replay" => {
+            let path = cli.replay_dir.join(format!("ingest-bench-replay-{}.dat", std::process::id()));
+            let written = write_replay(&mut set, laps, &path)?;
+            println!(
+                "# replay file: {} ({:.2} GB, written before the rounds)",
+                path.display(),
+                written as f64 / 1e9
+            );
+            Some(path)
+        }
+        other => return Err(format!("--input {other}: expected socket or replay").into()),
+    };
+    let _ = REPLAY.set(replay.clone());
+    let _remove_replay = RemoveOnDrop(replay.clone());
     println!(
         "# input:   LATISS, {} whole-segment frames of {frame_bytes} B per exposure (generated once \
-         by hw-sim), {laps} exposures = {:.2} GB per throughput run, over a Unix socket",
+         by hw-sim), {laps} exposures = {:.2} GB per throughput run, {}",
         set.frames.len(),
-        (laps * per_lap) as f64 / 1e9
+        (laps * per_lap) as f64 / 1e9,
+        if replay.is_some() {
+            "read from the replay file by the ingest's file endpoint (no sender); 'socket' = the file read and discarded"
+        } else {
+            "over a Unix socket"
+        }
     );
     println!(
         "# fio:     {}",
@@ -770,14 +925,15 @@ fn run(cli: &Cli) -> Result<ExitCode, BoxError> {
             };
             println!(
                 "round {round} {:<9} {:.3} GB/s  ({:.2} s, {:.2} CPU s, sender {:.2} CPU s, {} exposures \
-                 declared incomplete)  load {}",
+                 declared incomplete)  load {}{}",
                 contenders[which],
                 measured.gbps,
                 measured.wall_seconds,
                 measured.cpu_seconds,
                 measured.sender_cpu_seconds,
                 measured.incomplete_exposures,
-                load_average()
+                load_average(),
+                measured.disk
             );
             results[which].push(measured);
         }
