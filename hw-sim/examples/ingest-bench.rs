@@ -4,14 +4,17 @@
 //! Input: LATISS frames generated once in memory by `hw-sim` (one exposure: 16 whole-segment
 //! frames of 4096 + 4,718,592 bytes), re-sent over a local Unix socket with fresh exposure ids and
 //! frame sequence numbers (only the 64-byte header is patched, its CRC recomputed), so the sender
-//! costs little and is not the bottleneck. Contenders, alternated round by round with `sync` and a
+//! costs little; with `--input replay` the same frames are written once to a replay file in tmpfs
+//! and read by the ingest's file endpoint instead (no sender, no socket: on a fast disk the
+//! socket transport alone is slower than `fio`). Contenders, alternated round by round with `sync` and a
 //! pause before each timed run, medians reported:
 //! - `io_uring`: the ingest's io_uring path into a ring (`O_DIRECT`), durable (group commit);
 //! - `portable`: the ingest's portable path, same input;
 //! - `fio`: sequential `O_DIRECT` write, io_uring engine, block size = one ring record of a
 //!   whole-segment frame (4096 header block + frame), the physical limit of the directory;
 //! - `naive`: `read()` from the socket into a `Vec`, buffered `write()` to a file, `fdatasync`
-//!   every `--naive-sync` bytes and at the end (the baseline a straightforward receiver would be).
+//!   every `--naive-sync` bytes and at the end (the baseline a straightforward receiver would be);
+//! - `socket`: the same reads, the bytes discarded: the input's own ceiling.
 //!
 //! CPU of the ingest side: the ingest runs in this process, on its own threads (and io_uring's
 //! kernel workers, which are threads of this process). Its CPU is this process's CPU over the
