@@ -142,6 +142,15 @@ impl Op {
     }
 }
 
+/// Sets the flag when dropped.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// A record placed in the ring, from its write until it is announced.
 #[derive(Debug)]
 struct Planned {
@@ -182,9 +191,14 @@ struct Writer {
     received_sender: Option<SyncSender<Received>>,
     waker: Arc<Waker>,
     /// The wake eventfd's `READ` target (kernel-owned while `wake_armed`).
-    wake_buffer: Box<[u8; 8]>,
+    /// Leaked (8 bytes per ingest start) so that it outlives the io_uring whatever happens,
+    /// even an unwinding panic that closes the io_uring with the wake read still in flight.
+    wake_buffer: &'static mut [u8; 8],
     wake_armed: bool,
     receivers_stop: Arc<AtomicBool>,
+    /// Sets `receivers_stop` when the writer goes, however it goes (a panic included), so no
+    /// receiver keeps a connection open waiting for a buffer that will never come back.
+    _stop_receivers: StopOnDrop,
     receivers: Vec<JoinHandle<()>>,
     accepting: Listener,
     once: bool,
@@ -239,10 +253,11 @@ pub(crate) fn run(
     let options = core.options.clone();
     // Every buffer's write, the sync and the wake read can be in flight at once.
     let entries = (options.buffer_count + 2).next_power_of_two() as u32;
-    let uring =
-        IoUring::new(entries).map_err(|error| format!("io_uring_setup({entries}) failed: {error}"))?;
+    // The pool is declared before the io_uring, so an early return drops the io_uring first.
     let (pool, leases) = BufferPool::new(options.buffer_count, options.buffer_bytes());
     let pool = Arc::new(pool);
+    let uring =
+        IoUring::new(entries).map_err(|error| format!("io_uring_setup({entries}) failed: {error}"))?;
     // SAFETY: every iovec points into `pool`, whose memory never moves and is freed only when
     // the last `Arc` on it goes, after the writer dropped `uring` (field order, and `finish`
     // waits for every operation in flight first).
@@ -258,6 +273,7 @@ pub(crate) fn run(
     let (received_sender, received) =
         std::sync::mpsc::sync_channel(options.buffer_count + 2 * options.max_connections);
     let once = accepting.is_once();
+    let receivers_stop = Arc::new(AtomicBool::new(false));
     let mut writer = Writer {
         uring,
         writing: (0..options.buffer_count).map(|_| None).collect(),
@@ -267,9 +283,10 @@ pub(crate) fn run(
         received,
         received_sender: Some(received_sender),
         waker: Arc::new(waker),
-        wake_buffer: Box::new([0; 8]),
+        wake_buffer: Box::leak(Box::new([0; 8])),
         wake_armed: false,
-        receivers_stop: Arc::new(AtomicBool::new(false)),
+        receivers_stop: Arc::clone(&receivers_stop),
+        _stop_receivers: StopOnDrop(receivers_stop),
         receivers: Vec::with_capacity(options.max_connections),
         accepting,
         once,
@@ -298,7 +315,10 @@ pub(crate) fn run(
         writer.end();
         return Err(failed);
     }
-    result?;
+    if let Err(error) = result {
+        writer.end();
+        return Err(error);
+    }
     writer.core.publish_ring_stats();
     Ok(writer.end())
 }
@@ -492,7 +512,8 @@ impl Writer {
 
     /// Places parked frames in the ring, oldest first, and starts their writes.
     fn retry_parked(&mut self, stopping: bool) {
-        while let Some(parked) = self.parked.pop_front() {
+        while self.failed.is_none() {
+            let Some(parked) = self.parked.pop_front() else { return };
             let frame_bytes = parked.header.frame_length_bytes();
             let flags = parked.header.flags;
             match self.core.ring.plan_append(RecordKind::Frame, flags, frame_bytes, parked.record_crc) {
@@ -507,8 +528,11 @@ impl Writer {
                     self.write_planned(parked.lease, &planned, record);
                     IngestCounters::add(&self.core.counters().frames_written_in_place_total, 1);
                 }
-                Err(RingError::WouldBlock { .. } | RingError::SyncRequired { .. }) => {
-                    if stopping {
+                Err(error @ (RingError::WouldBlock { .. } | RingError::SyncRequired { .. })) => {
+                    // Too much written and not yet durable is not a full ring: the writes in
+                    // flight complete and a sync follows, even when stopping.
+                    let full = matches!(error, RingError::WouldBlock { .. });
+                    if stopping && full {
                         // Shutting down with a full ring: these frames were never acknowledged.
                         self.free.give(parked.lease);
                         self.core.abandon(parked.admitted);
@@ -517,7 +541,9 @@ impl Writer {
                         continue;
                     }
                     self.parked.push_front(parked);
-                    IngestCounters::add(&self.core.counters().ring_full_waits_total, 1);
+                    if full {
+                        IngestCounters::add(&self.core.counters().ring_full_waits_total, 1);
+                    }
                     return;
                 }
                 Err(error @ RingError::Rejected { .. }) => {
@@ -528,7 +554,7 @@ impl Writer {
                 }
                 Err(error) => {
                     self.free.give(parked.lease);
-                    self.failed = Some(self.core.fail(&error));
+                    self.fail(&error);
                     return;
                 }
             }
@@ -565,16 +591,18 @@ impl Writer {
                 self.write_planned(lease, &planned, record);
                 None
             }
-            Err(RingError::WouldBlock { .. } | RingError::SyncRequired { .. }) if !stopping => {
+            Err(RingError::SyncRequired { .. }) => {
+                // Not a full ring: the writes in flight complete and a sync follows, even when
+                // stopping.
+                self.metadata_lease = Some(lease);
+                Some(item)
+            }
+            Err(RingError::WouldBlock { .. }) if !stopping => {
                 self.metadata_lease = Some(lease);
                 IngestCounters::add(&self.core.counters().ring_full_waits_total, 1);
                 Some(item)
             }
-            Err(
-                error @ (RingError::WouldBlock { .. }
-                | RingError::Rejected { .. }
-                | RingError::SyncRequired { .. }),
-            ) => {
+            Err(error @ (RingError::WouldBlock { .. } | RingError::Rejected { .. })) => {
                 self.free.give(lease);
                 let detail = format!("metadata of exposure {}: {error}", item.exposure_id);
                 self.core.reject(RejectKind::RingFull, &item.connection, None, detail);
@@ -582,9 +610,17 @@ impl Writer {
             }
             Err(error) => {
                 self.free.give(lease);
-                self.failed = Some(self.core.fail(&error));
+                self.fail(&error);
                 None
             }
+        }
+    }
+
+    /// Records the ingest's failure: the first one only (later errors of a poisoned ring would
+    /// only repeat it, each with its own `Failed` event).
+    fn fail(&mut self, error: &RingError) {
+        if self.failed.is_none() {
+            self.failed = Some(self.core.fail(error));
         }
     }
 
@@ -595,7 +631,7 @@ impl Writer {
             // Once per lap: a padding record's header block, written synchronously.
             if let Err(error) = self.write_padding(padding.physical_offset, &padding.header) {
                 let error = self.core.ring.external_write_failed(planned.sequence, error);
-                self.failed = Some(self.core.fail(&error));
+                self.fail(&error);
                 self.free.give(lease);
                 return;
             }
@@ -661,7 +697,7 @@ impl Writer {
                 io::Error::new(io::ErrorKind::WriteZero, format!("short write: {result} of {expected} bytes"))
             };
             let error = self.core.ring.external_write_failed(sequence, error);
-            self.failed = Some(self.core.fail(&error));
+            self.fail(&error);
             return;
         }
         entry.written = true;
@@ -671,7 +707,7 @@ impl Writer {
                 unreachable!("checked above")
             };
             if let Err(error) = self.core.ring.confirm_written(record.sequence) {
-                self.failed = Some(self.core.fail(&error));
+                self.fail(&error);
                 return;
             }
             self.confirmed_bytes += record.payload_bytes;
@@ -717,7 +753,7 @@ impl Writer {
         let (ticket, covered) = self.sync_in_flight.take().expect("a sync completed while one was in flight");
         let outcome = if result < 0 { Err(io::Error::from_raw_os_error(-result)) } else { Ok(()) };
         if let Err(error) = self.core.ring.finish_sync(ticket, outcome) {
-            self.failed = Some(self.core.fail(&error));
+            self.fail(&error);
             return;
         }
         self.announce(covered);
@@ -726,6 +762,11 @@ impl Writer {
 
     /// Announces confirmed writes the ring made durable on its own (a sync inside `plan_append`).
     fn announce_durable(&mut self) {
+        if self.sync_in_flight.is_some() {
+            // The records that sync covers are older: they go first, when it completes
+            // (`sync_done` announces them, then calls this again). Announcements keep ring order.
+            return;
+        }
         let durable = self.core.ring.durable_sequence();
         if self.confirmed.first().is_some_and(|first| first.sequence <= durable) {
             let split = self.confirmed.partition_point(|confirmed| confirmed.sequence <= durable);
@@ -777,7 +818,7 @@ impl Writer {
         // SAFETY: every entry refers to memory that stays valid and untouched until its
         // completion: a pool buffer whose lease sits in `writing` (nobody lends it out until the
         // write completes; the pool outlives `uring`), or `wake_buffer` (not touched while
-        // `wake_armed`; dropped after `uring`); and to descriptors that stay open until then:
+        // `wake_armed`; leaked, so never freed); and to descriptors that stay open until then:
         // the ring's data file (owned by `core.ring`) and the eventfd (owned by `waker`, dropped
         // after `uring`). The fsync refers to no memory.
         while unsafe { self.uring.submission().push(entry) }.is_err() {
@@ -838,7 +879,11 @@ impl Writer {
                      the kernel may still use"
                 );
                 std::mem::forget(Arc::clone(&self.pool));
-                std::mem::forget(std::mem::replace(&mut self.wake_buffer, Box::new([0; 8])));
+                if self.failed.is_none() {
+                    self.failed = Some(format!(
+                        "{error}; writes in flight were abandoned and nothing after the last sync is durable"
+                    ));
+                }
                 return;
             }
             if self.failed.is_none() {
@@ -847,7 +892,7 @@ impl Writer {
         }
         if self.failed.is_none() && (!self.confirmed.is_empty() || self.core.ring.begin_sync().is_some()) {
             if let Err(error) = self.core.ring.commit() {
-                self.failed = Some(self.core.fail(&error));
+                self.fail(&error);
             } else {
                 let remaining = std::mem::take(&mut self.confirmed);
                 self.announce(remaining);

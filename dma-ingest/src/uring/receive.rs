@@ -101,7 +101,8 @@ impl Receiver {
     pub(super) fn run(mut self) {
         let bad = self.receive_frames();
         tracing::info!(connection = %self.name, bad, "frame connection closed");
-        self.send(Received::Closed { connection: self.connection, bad });
+        // The writer may have ended: then nobody wants to know.
+        let _ = self.send(Received::Closed { connection: self.connection, bad });
     }
 
     /// Reads frames until the stream ends; returns whether it was closed as untrustworthy. A
@@ -113,7 +114,14 @@ impl Receiver {
             match outcome {
                 Outcome::Frame { header, record_crc } => {
                     let connection = self.connection;
-                    self.send(Received::Frame { connection, lease, header, record_crc });
+                    if let Err(Received::Frame { lease, .. }) =
+                        self.send(Received::Frame { connection, lease, header, record_crc })
+                    {
+                        // The writer has ended: nothing will be written any more. The lease goes
+                        // home (the pool must not shrink) and this receiver ends.
+                        self.free.give(lease);
+                        return false;
+                    }
                 }
                 Outcome::Refused => self.free.give(lease),
                 Outcome::End { bad } => {
@@ -177,15 +185,20 @@ impl Receiver {
     }
 
     fn rejected(&self, kind: RejectKind, header: Option<FrameHeader>, detail: String) {
-        self.send(Received::Rejected { connection: self.connection, kind, header, detail });
+        // A writer that has ended counts nothing more; the reading stops at the next frame.
+        let _ = self.send(Received::Rejected { connection: self.connection, kind, header, detail });
     }
 
     /// Hands an item to the writer and wakes it. The channel is bounded: a receiver waits here
-    /// while the writer is behind. Fails only when the writer has ended (the item, and the lease
-    /// in it, is then dropped: nothing will be written any more).
-    fn send(&self, item: Received) {
-        if self.writer.send(item).is_ok() {
-            self.waker.wake();
+    /// while the writer is behind. Fails only when the writer has ended, giving the item back
+    /// (a frame's lease must return to the free list).
+    fn send(&self, item: Received) -> Result<(), Received> {
+        match self.writer.send(item) {
+            Ok(()) => {
+                self.waker.wake();
+                Ok(())
+            }
+            Err(std::sync::mpsc::SendError(item)) => Err(item),
         }
     }
 }
@@ -198,4 +211,76 @@ enum Outcome {
     Refused,
     /// The connection is done.
     End { bad: bool },
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::protocol::frame::{
+        encode_frame, frame_length_bytes, FrameFields, InstrumentCode, FLAG_END_OF_SEGMENT,
+    };
+
+    /// One valid LATISS frame of `rows` rows.
+    fn frame(rows: u16) -> Vec<u8> {
+        let pixels = vec![7u8; usize::from(rows) * 576 * 4];
+        let fields = FrameFields {
+            instrument: InstrumentCode::Latiss,
+            flags: if rows == 2048 { FLAG_END_OF_SEGMENT } else { 0 },
+            raft: 0,
+            sensor: 0,
+            segment: 10,
+            segment_columns: 576,
+            segment_rows: 2048,
+            first_row: 0,
+            row_count: rows,
+            exposure_id: 2025041500001,
+            frame_sequence: 1,
+            readout_ns: 1,
+        };
+        let mut out = vec![0; frame_length_bytes(pixels.len())];
+        encode_frame(&fields, &pixels, &mut out);
+        out
+    }
+
+    /// A writer that has ended (its channel closed: it failed, or panicked) must not cost the
+    /// pool its buffers: the receiver gives the lease of the frame it could not hand over back to
+    /// the free list and ends, instead of dropping it and then waiting forever for a free buffer
+    /// with the connection open and unread.
+    #[test]
+    fn a_receiver_whose_writer_has_ended_gives_its_lease_back_and_ends() {
+        let one = frame(4);
+        let (pool, leases) = BufferPool::new(1, BLOCK + one.len());
+        let free = Arc::new(FreeList::new(leases));
+        let (writer, writer_side) = std::sync::mpsc::sync_channel(4);
+        drop(writer_side);
+        let observer = Arc::new(IngestObserver {
+            counters: IngestCounters::default(),
+            ring_stats: Mutex::new(None),
+            backend: Mutex::new(String::new()),
+        });
+        let receiver = Receiver {
+            connection: 1,
+            name: "test".to_owned(),
+            input: Box::new(std::io::Cursor::new([one.clone(), one.clone(), one.clone()].concat())),
+            pool: Arc::new(pool),
+            free: Arc::clone(&free),
+            writer,
+            waker: Arc::new(super::super::Waker::new().expect("eventfd")),
+            stop: Arc::new(AtomicBool::new(false)),
+            observer: Arc::clone(&observer),
+            max_frame_bytes: one.len(),
+        };
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            receiver.run();
+            let _ = done.send(());
+        });
+        finished.recv_timeout(Duration::from_secs(10)).expect("the receiver ended");
+        assert_eq!(free.len(), 1, "the lease went back to the free list");
+        assert_eq!(observer.counters.frames_received_total.load(Ordering::Relaxed), 1, "it stopped at once");
+    }
 }
