@@ -101,7 +101,8 @@ impl Listener {
                 stream.set_read_timeout(Some(SHUTDOWN_POLL))?;
                 Box::new(stream)
             }
-            Accepted::File(file, _) => Box::new(file),
+            Accepted::File(file, true) => Box::new(file),
+            Accepted::File(file, false) => Box::new(PolledDevice { file }),
         };
         Ok(Some((reader, name)))
     }
@@ -138,6 +139,28 @@ pub(crate) enum Filled {
     Truncated { found: usize },
     /// Shutdown was requested while waiting.
     Shutdown,
+}
+
+/// A character device (a DMA driver's endpoint) read as a stream: each read first waits at most
+/// [`SHUTDOWN_POLL`] for data (`poll(2)`) and reports `TimedOut` if none came, so a reader notices
+/// a shutdown while the device is silent, as it does on a socket. (A driver without poll support
+/// reports itself always ready, and the read then blocks as a plain read would.)
+pub(crate) struct PolledDevice {
+    pub(crate) file: File,
+}
+
+impl Read for PolledDevice {
+    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        let mut fds = [rustix::event::PollFd::new(&self.file, rustix::event::PollFlags::IN)];
+        let timeout = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: i64::try_from(SHUTDOWN_POLL.as_nanos()).expect("below one second"),
+        };
+        if rustix::event::poll(&mut fds, Some(&timeout))? == 0 {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "no data from the device yet"));
+        }
+        self.file.read(buffer)
+    }
 }
 
 /// Reads exactly `buffer.len()` bytes, retrying read timeouts until `shutdown()` says stop.

@@ -1268,6 +1268,72 @@ fn two_streams(choice: BackendChoice) {
 
 both_backends!(two_streams);
 
+/// A character device (the DMA driver's endpoint; here a FIFO whose writer stays open) that
+/// falls silent must not hold the shutdown: the reader waits for data at most 50 ms at a time and
+/// notices the stop. One exposure goes through the device first (every frame durable); then the
+/// device says nothing and `shutdown` returns within a second, with the frames in the ring.
+fn a_silent_device_does_not_hold_the_shutdown(choice: BackendChoice) {
+    use std::io::Write as _;
+    let (seed, _guard) = seed("a_silent_device_does_not_hold_the_shutdown", 53);
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    let stream = Stream::latiss(1, 1, seed);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fifo = dir.path().join("dma0");
+    let status = std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    assert!(status.success(), "mkfifo failed");
+    // Read-write, so the open does not wait for a reader and the device stays "open" after.
+    let mut device = std::fs::OpenOptions::new().read(true).write(true).open(&fifo).expect("open fifo");
+    let mut create = CreateOptions::new(256 << 20, LATISS_STREAM_ID);
+    create.max_payload_bytes = 5 << 20;
+    let ring = Ring::create(&dir.path().join("ring"), &create, RingOptions::default()).expect("ring");
+    let mut drain = ring.reader("drain").expect("drain reader");
+    let mut options = IngestOptions::new("latiss");
+    options.backend = choice;
+    let ingest = IngestHandle::start(
+        ring,
+        Focalplane::latiss(),
+        &Endpoint::Device(fifo.clone()),
+        None,
+        options,
+        Arc::new(SystemClock),
+    )
+    .expect("ingest starts");
+    let frames = stream.frames();
+    let writer = {
+        let frames = frames.clone();
+        let sky = stream.sky;
+        std::thread::spawn(move || {
+            for spec in &frames {
+                device.write_all(&spec.encode(sky)).expect("write to the device");
+            }
+            device
+        })
+    };
+    let deadline = Instant::now() + DEADLINE;
+    while ingest.observer().counters.frames_durable_total.load(Ordering::Relaxed) < frames.len() as u64 {
+        assert!(Instant::now() < deadline, "the frames did not become durable");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _device_still_open = writer.join().expect("writer");
+    let started = Instant::now();
+    // In a thread, so that a shutdown that hangs fails the test instead of hanging it.
+    let (done, shut) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(ingest.shutdown());
+    });
+    let ring = shut
+        .recv_timeout(Duration::from_secs(5))
+        .expect("shutdown still waiting after 5 s with the device silent")
+        .expect("shutdown");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(1), "shutdown took {took:?} with the device silent");
+    let contents = read_ring(&mut drain, &stream.by_key(), stream.sky);
+    drop(ring);
+    assert_eq!(contents.frames, frames.iter().map(FrameSpec::key).collect::<Vec<_>>());
+}
+
+both_backends!(a_silent_device_does_not_hold_the_shutdown);
+
 // ---------------------------------------------------------------------------------------------
 // 7. Metadata records survive SIGKILL
 // ---------------------------------------------------------------------------------------------

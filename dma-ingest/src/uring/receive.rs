@@ -28,7 +28,7 @@ use super::pool::{BufferPool, FreeList, Lease};
 use super::Waker;
 use crate::core::{check_payload, parse_header, IngestCounters, IngestObserver, RejectKind};
 use crate::protocol::frame::{FrameHeader, FRAME_HEADER_BLOCK_BYTES};
-use crate::source::{read_full, Accepted, Filled, Listener, SHUTDOWN_POLL};
+use crate::source::{read_full, Accepted, Filled, Listener, PolledDevice, SHUTDOWN_POLL};
 
 const BLOCK: usize = FRAME_HEADER_BLOCK_BYTES;
 
@@ -62,7 +62,7 @@ pub(super) fn accept(
             Box::new(stream)
         }
         Accepted::File(file, true) => Box::new(PositionalFile { file, offset: 0 }),
-        Accepted::File(file, false) => Box::new(file),
+        Accepted::File(file, false) => Box::new(PolledDevice { file }),
     };
     Ok(Some((input, name)))
 }
