@@ -142,8 +142,8 @@ struct SimArgs {
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Cut the fiber during this part of the night, as fractions of it (e.g. `0.33,0.67`).
-    #[arg(long, value_name = "START,END", value_delimiter = ',', num_args = 2)]
-    cut: Option<Vec<f64>>,
+    #[arg(long, value_name = "START,END", value_parser = cut_arg)]
+    cut: Option<(f64, f64)>,
     /// Keep an earlier simulation's data instead of wiping it.
     #[arg(long)]
     keep_data: bool,
@@ -389,7 +389,7 @@ fn sim(args: SimArgs) -> Result<ExitCode, String> {
         latiss_exposures: args.latiss_exposures,
         compression: args.compression,
         seed: args.seed,
-        fiber_cut: args.cut.map(|cut| (cut[0], cut[1])),
+        fiber_cut: args.cut,
         keep_data: args.keep_data,
         ..SimOptions::default()
     };
@@ -471,6 +471,20 @@ fn progress_line(simulation: &Simulation, started: Instant) -> String {
         files,
         drained
     )
+}
+
+/// `START,END` of `--cut`: two fractions of the night (their range is checked with the other
+/// simulation options).
+fn cut_arg(text: &str) -> Result<(f64, f64), String> {
+    let fraction = |part: &str| {
+        part.trim()
+            .parse::<f64>()
+            .map_err(|_| format!("{part:?} is not a number (expected START,END, e.g. 0.33,0.67)"))
+    };
+    match text.split_once(',') {
+        Some((start, end)) => Ok((fraction(start)?, fraction(end)?)),
+        None => Err(format!("{text:?}: expected START,END, two fractions of the night, e.g. 0.33,0.67")),
+    }
 }
 
 /// Reads the terminal: `c`/`r`/`q` shortcuts, anything else is a console command (operator).

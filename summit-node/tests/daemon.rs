@@ -996,6 +996,40 @@ fn help_for_every_subcommand_exits_0_and_says_what_it_does() {
     }
 }
 
+/// `sim --cut START,END` as the README writes it: one argument, two fractions. A malformed or
+/// out-of-range cut is refused naming it, before anything starts; a good one runs a short night
+/// (one LATISS exposure, 40x) with the fiber cut through the middle of it, ending CLEAN.
+#[test]
+fn sim_cut_takes_start_comma_end_and_refuses_a_bad_one() {
+    for (cut, says) in
+        [("0.5", "expected START,END"), ("0.2,x", "\"x\" is not a number"), ("0.6,0.4", "fiber cut 0.6..0.4")]
+    {
+        let output = summit_node(&["sim".as_ref(), "--cut".as_ref(), cut.as_ref()]);
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "--cut {cut}: {stderr}");
+        assert!(stderr.contains(says), "--cut {cut} must say {says:?}: {stderr}");
+    }
+    let data = tempfile::tempdir().expect("tempdir");
+    let data_dir = data.path().join("sim");
+    let arguments: Vec<&std::ffi::OsStr> = vec![
+        "sim".as_ref(),
+        "--data-dir".as_ref(),
+        data_dir.as_os_str(),
+        "--rafts".as_ref(),
+        "none".as_ref(),
+        "--latiss-exposures".as_ref(),
+        "1".as_ref(),
+        "--compression".as_ref(),
+        "40".as_ref(),
+        "--cut".as_ref(),
+        "0.3,0.7".as_ref(),
+    ];
+    let output = summit_node(&arguments);
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "sim --cut 0.3,0.7: {}{stdout}", text(&output.stderr));
+    assert!(stdout.contains("CLEAN"), "the night ends clean: {stdout}");
+}
+
 #[test]
 fn console_without_a_node_exits_2_saying_none_is_running() {
     let output = summit_node(&["console".as_ref(), "--socket".as_ref(), "/nonexistent".as_ref()]);
