@@ -121,6 +121,9 @@ use upload::{Confirmation, Crash, UploadConfig, Uploader};
 /// Exposures held for lack of metadata before the drain stops reading further.
 const MAX_HELD_EXPOSURES: usize = 8;
 
+/// Drained exposures remembered so that their late records are not taken for new exposures.
+const RECENTLY_DRAINED: usize = 64;
+
 /// Ring records indexed per look at the ring, so a ready exposure is not delayed.
 const INDEX_BATCH_RECORDS: usize = 4096;
 
@@ -230,6 +233,8 @@ pub struct DrainControl {
     pub exposures_held_total: AtomicU64,
     /// Ring records that could not be used (undecodable frame or metadata), logged.
     pub records_unusable_total: AtomicU64,
+    /// Records that arrived after their exposure was sent (incomplete), logged and not used.
+    pub records_late_total: AtomicU64,
 }
 
 impl DrainControl {
@@ -363,6 +368,8 @@ pub struct Drainer {
     sending: VecDeque<SendingExposure>,
     /// The exposure evicted from a full index: dispatched before any other.
     forced: Option<u64>,
+    /// The last [`RECENTLY_DRAINED`] exposures drained, whose late records are ignored.
+    recently_drained: VecDeque<u64>,
     link: Option<Arc<crate::link::LinkMonitorHandle>>,
     /// Where confirmed objects are recorded for `verify-base`.
     manifest: Option<Manifest>,
@@ -438,6 +445,7 @@ impl Drainer {
             control,
             open: Vec::new(),
             forced: None,
+            recently_drained: VecDeque::with_capacity(RECENTLY_DRAINED),
             link: None,
             manifest: None,
             uploader,
@@ -634,6 +642,9 @@ impl Drainer {
             let info = record.info;
             match info.kind {
                 RecordKind::Frame => match index_frame(&self.focalplane, info, record.payload) {
+                    Some((exposure_id, ..)) if self.is_late(exposure_id) => {
+                        self.late_record(&info, exposure_id, "frame");
+                    }
                     Some((exposure_id, detector, segment, frame)) => {
                         let now_ns = self.clock.now_ns();
                         let at = self.exposure_slot(exposure_id, info.position);
@@ -644,6 +655,9 @@ impl Drainer {
                     None => self.unusable(&info, "frame that does not decode for this focal plane"),
                 },
                 RecordKind::Metadata => match dma_ingest::metadata_channel::decode_record(record.payload) {
+                    Ok((event, _)) if self.is_late(event.exposure_id) => {
+                        self.late_record(&info, event.exposure_id, "header-service record");
+                    }
                     Ok((event, _received_ns)) => {
                         let now_ns = self.clock.now_ns();
                         let at = self.exposure_slot(event.exposure_id, info.position);
@@ -786,6 +800,10 @@ impl Drainer {
         }
         let drained = self.sending.pop_front().expect("the oldest sending exposure");
         let exposure_id = drained.exposure.exposure_id;
+        if self.recently_drained.len() == RECENTLY_DRAINED {
+            self.recently_drained.pop_front();
+        }
+        self.recently_drained.push_back(exposure_id);
         let files = drained.confirmed.len();
         let incomplete = !drained.complete;
         DrainControl::add(&self.control.exposures_drained_total, 1);
@@ -838,6 +856,22 @@ impl Drainer {
                 self.open.iter().find(|exposure| !exposure.held).map(|exposure| exposure.exposure_id);
         }
         self.open.len() - 1
+    }
+
+    /// A record of an exposure already sending or drained by this drain: its files are (being)
+    /// made without it, and opening the exposure again would send it twice under one id.
+    fn is_late(&self, exposure_id: u64) -> bool {
+        self.sending.iter().any(|sending| sending.exposure.exposure_id == exposure_id)
+            || self.recently_drained.contains(&exposure_id)
+    }
+
+    fn late_record(&self, info: &RecordInfo, exposure_id: u64, what: &str) {
+        DrainControl::add(&self.control.records_late_total, 1);
+        tracing::warn!(
+            sequence = info.sequence,
+            exposure_id,
+            "drain: a {what} arrived after its exposure was sent (incomplete); not in its files"
+        );
     }
 
     fn unusable(&self, info: &RecordInfo, what: &str) {

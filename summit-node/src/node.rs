@@ -128,9 +128,29 @@ struct DrainSettings {
     /// Shared by the streams: each stream's lanes get an equal part. 0 = unlimited.
     rate_limit_bytes_per_second: AtomicU64,
     lanes_sharing: u64,
+    /// Every running lane's controls, so that an operator's change reaches a lane in the middle
+    /// of a long step (a step lasts until an exposure is confirmed) at once, not at its next step.
+    lanes: Mutex<Vec<std::sync::Weak<DrainControl>>>,
 }
 
 impl DrainSettings {
+    /// Applies the settings to `control` and keeps it for [`DrainSettings::apply_all`].
+    fn register(&self, control: &Arc<DrainControl>) {
+        self.apply(control);
+        let mut lanes = lock(&self.lanes);
+        lanes.retain(|lane| lane.strong_count() > 0);
+        if !lanes.iter().any(|lane| std::ptr::eq(lane.as_ptr(), Arc::as_ptr(control))) {
+            lanes.push(Arc::downgrade(control));
+        }
+    }
+
+    /// Applies the settings to every running lane (an operator changed them).
+    fn apply_all(&self) {
+        for lane in lock(&self.lanes).iter().filter_map(std::sync::Weak::upgrade) {
+            self.apply(&lane);
+        }
+    }
+
     fn apply(&self, control: &DrainControl) {
         control.paused.store(self.paused.load(Ordering::SeqCst), Ordering::SeqCst);
         let limit = self.rate_limit_bytes_per_second.load(Ordering::SeqCst);
@@ -318,6 +338,7 @@ impl Node {
                 paused: AtomicBool::new(config.drain.paused),
                 rate_limit_bytes_per_second: AtomicU64::new(rate_limit),
                 lanes_sharing: streams_len as u64,
+                lanes: Mutex::new(Vec::new()),
             }),
             config,
             simulation,
@@ -522,7 +543,7 @@ impl Node {
                 drainer = drainer.with_manifest(manifest.take().expect("one backlog lane"));
                 *lock(&shared.backlog_control) = Some(Arc::clone(drainer.control()));
             }
-            self.drain_settings.apply(drainer.control());
+            self.drain_settings.register(drainer.control());
             let lane = DrainLane {
                 settings: Arc::clone(&self.drain_settings),
                 drainer: Some(drainer),
@@ -1004,7 +1025,7 @@ impl DrainLane {
         let expected = self.shared.plan.focalplane.segment_count() as u32;
         while !self.stop.load(Ordering::SeqCst) {
             let Some(drainer) = self.drainer.as_mut() else { return };
-            self.settings.apply(drainer.control());
+            self.settings.register(drainer.control());
             if !self.live {
                 self.shared.backlog_bytes.store(drainer.backlog_bytes(), Ordering::Relaxed);
             }
@@ -1096,6 +1117,7 @@ impl NodeControl for Node {
 
     fn drain_pause(&self, paused: bool) -> Result<String, String> {
         self.drain_settings.paused.store(paused, Ordering::SeqCst);
+        self.drain_settings.apply_all();
         tracing::info!(
             paused,
             "drain {}",
@@ -1115,6 +1137,7 @@ impl NodeControl for Node {
         self.drain_settings
             .rate_limit_bytes_per_second
             .store(bytes_per_second.unwrap_or(0), Ordering::SeqCst);
+        self.drain_settings.apply_all();
         tracing::info!(rate_limit_bytes_per_second = bytes_per_second.unwrap_or(0), "drain rate limit set");
         Ok(match bytes_per_second {
             Some(rate) => format!("drain rate limit {:.1} MB/s, shared by the streams", rate as f64 / 1e6),

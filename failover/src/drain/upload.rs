@@ -10,7 +10,11 @@
 //! checksum computation of that file is a slice of it. The buffer comes back to the pool (an
 //! `UploadEvent::BufferFree` on the event channel) only when the last of those slices is
 //! dropped, so a buffer is never reused while a request or a hash may still read it, whatever
-//! happened to the upload (success, failure, cancellation).
+//! happened to the upload (success, failure, cancellation). The outcome of a file (confirmed or
+//! crashed) is sent before its buffer can come back, so the drain never finds a free buffer for a
+//! file it still counts as uploading. A store that keeps the request body itself (object_store's
+//! `InMemory` keeps it as the object) keeps the buffer too and would run the pool dry: the tests
+//! that use it copy the bytes first.
 //!
 //! # One upload task
 //!
@@ -401,6 +405,10 @@ impl Uploader {
 
     fn spawn(&mut self, job: UploadJob) {
         let crash_key = job.key.clone();
+        // Held until the outcome is on the channel: the buffer comes back (`BufferFree`) only
+        // after it, so the drain never sees a free buffer while the file still counts as running
+        // (it would then submit one file more than it has buffers).
+        let hold_buffer = job.file.clone();
         let shared = Arc::clone(&self.shared);
         let events = self.event_sender.clone();
         self.running += 1;
@@ -422,6 +430,7 @@ impl Uploader {
                     let _ = events.try_send(UploadEvent::Crashed(Crash { key: crash_key, detail }));
                 }
             }
+            drop(hold_buffer);
         });
     }
 
