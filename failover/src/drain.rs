@@ -370,6 +370,8 @@ pub struct Drainer {
     forced: Option<u64>,
     /// The last [`RECENTLY_DRAINED`] exposures drained, whose late records are ignored.
     recently_drained: VecDeque<u64>,
+    /// The error "stopped reading: too many held exposures" was logged.
+    stalled_on_held: bool,
     link: Option<Arc<crate::link::LinkMonitorHandle>>,
     /// Where confirmed objects are recorded for `verify-base`.
     manifest: Option<Manifest>,
@@ -446,6 +448,7 @@ impl Drainer {
             open: Vec::new(),
             forced: None,
             recently_drained: VecDeque::with_capacity(RECENTLY_DRAINED),
+            stalled_on_held: false,
             link: None,
             manifest: None,
             uploader,
@@ -635,6 +638,15 @@ impl Drainer {
             }
             // Held exposures stay indexed; past this many the drain reads no further (bounded).
             if self.open.iter().filter(|exposure| exposure.held).count() >= MAX_HELD_EXPOSURES {
+                if !self.stalled_on_held {
+                    self.stalled_on_held = true;
+                    tracing::error!(
+                        held = MAX_HELD_EXPOSURES,
+                        "drain: stopped reading the ring: {MAX_HELD_EXPOSURES} exposures are held for \
+                         lack of header-service metadata; nothing more drains and the ring fills: an \
+                         operator must intervene (metadata arriving now lies beyond what is read)"
+                    );
+                }
                 break;
             }
             let Some(record) = self.reader.next_record()? else { break };
