@@ -435,11 +435,12 @@ pub(crate) fn check_payload(header: &FrameHeader, frame: &[u8]) -> Result<u32, F
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::protocol::frame::{encode_frame, frame_length_bytes, FrameFields, InstrumentCode};
 
-    fn frame(row_count: u16, fill: u8) -> Vec<u8> {
+    /// One valid LATISS frame of `row_count` rows of bytes `fill` (segment 10, first rows).
+    pub(crate) fn frame(row_count: u16, fill: u8) -> Vec<u8> {
         let pixels = vec![fill; row_count as usize * 576 * 4];
         let fields = FrameFields {
             instrument: InstrumentCode::Latiss,

@@ -89,7 +89,8 @@ impl Listener {
     }
 
     /// [`Listener::accept_raw`] as a blocking reader whose reads time out every
-    /// [`SHUTDOWN_POLL`], so a reader thread notices a shutdown while its sender is silent.
+    /// [`SHUTDOWN_POLL`], so a reader thread notices a shutdown while its sender is silent; a
+    /// replay file is read at explicit offsets, a device as a stream.
     pub(crate) fn accept(&mut self, number: u64) -> io::Result<Option<(Box<dyn Read + Send>, String)>> {
         let Some((accepted, name)) = self.accept_raw(number)? else { return Ok(None) };
         let reader: Box<dyn Read + Send> = match accepted {
@@ -101,7 +102,7 @@ impl Listener {
                 stream.set_read_timeout(Some(SHUTDOWN_POLL))?;
                 Box::new(stream)
             }
-            Accepted::File(file, true) => Box::new(file),
+            Accepted::File(file, true) => Box::new(PositionalFile { file, offset: 0 }),
             Accepted::File(file, false) => Box::new(PolledDevice { file }),
         };
         Ok(Some((reader, name)))
@@ -141,12 +142,27 @@ pub(crate) enum Filled {
     Shutdown,
 }
 
+/// A replay file read at explicit offsets (`pread`), independent of the descriptor's position.
+struct PositionalFile {
+    file: File,
+    offset: u64,
+}
+
+impl Read for PositionalFile {
+    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let read = self.file.read_at(buffer, self.offset)?;
+        self.offset += read as u64;
+        Ok(read)
+    }
+}
+
 /// A character device (a DMA driver's endpoint) read as a stream: each read first waits at most
 /// [`SHUTDOWN_POLL`] for data (`poll(2)`) and reports `TimedOut` if none came, so a reader notices
 /// a shutdown while the device is silent, as it does on a socket. (A driver without poll support
 /// reports itself always ready, and the read then blocks as a plain read would.)
-pub(crate) struct PolledDevice {
-    pub(crate) file: File,
+struct PolledDevice {
+    file: File,
 }
 
 impl Read for PolledDevice {

@@ -379,7 +379,7 @@ impl Writer {
         loop {
             let Some(sender) = self.received_sender.as_ref() else { return };
             let number = self.connection_number + 1;
-            let (input, name) = match receive::accept(&mut self.accepting, number) {
+            let (input, name) = match self.accepting.accept(number) {
                 Ok(Some(accepted)) => accepted,
                 Ok(None) => return,
                 Err(error) => {

@@ -17,9 +17,7 @@
 
 #![forbid(unsafe_code)]
 
-use std::fs::File;
-use std::io::{self, Read};
-use std::os::unix::fs::FileExt;
+use std::io::Read;
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
@@ -28,7 +26,7 @@ use super::pool::{BufferPool, FreeList, Lease};
 use super::Waker;
 use crate::core::{check_payload, parse_header, IngestCounters, IngestObserver, RejectKind};
 use crate::protocol::frame::{FrameHeader, FRAME_HEADER_BLOCK_BYTES};
-use crate::source::{read_full, Accepted, Filled, Listener, PolledDevice, SHUTDOWN_POLL};
+use crate::source::{read_full, Filled, SHUTDOWN_POLL};
 
 const BLOCK: usize = FRAME_HEADER_BLOCK_BYTES;
 
@@ -41,44 +39,6 @@ pub(super) enum Received {
     Rejected { connection: u64, kind: RejectKind, header: Option<FrameHeader>, detail: String },
     /// The connection ended (`bad`: closed because its framing could not be trusted).
     Closed { connection: u64, bad: bool },
-}
-
-/// The next connection of `listener` as a blocking reader and its name, or `None` when there is
-/// none right now. Socket reads time out every [`SHUTDOWN_POLL`], so a receiver notices a
-/// shutdown while its sender is silent; a replay file is read at explicit offsets, a device as
-/// a stream.
-pub(super) fn accept(
-    listener: &mut Listener,
-    number: u64,
-) -> io::Result<Option<(Box<dyn Read + Send>, String)>> {
-    let Some((accepted, name)) = listener.accept_raw(number)? else { return Ok(None) };
-    let input: Box<dyn Read + Send> = match accepted {
-        Accepted::Unix(stream) => {
-            stream.set_read_timeout(Some(SHUTDOWN_POLL))?;
-            Box::new(stream)
-        }
-        Accepted::Tcp(stream) => {
-            stream.set_read_timeout(Some(SHUTDOWN_POLL))?;
-            Box::new(stream)
-        }
-        Accepted::File(file, true) => Box::new(PositionalFile { file, offset: 0 }),
-        Accepted::File(file, false) => Box::new(PolledDevice { file }),
-    };
-    Ok(Some((input, name)))
-}
-
-/// A replay file read at explicit offsets (`pread`), independent of the descriptor's position.
-struct PositionalFile {
-    file: File,
-    offset: u64,
-}
-
-impl Read for PositionalFile {
-    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
-        let read = self.file.read_at(buffer, self.offset)?;
-        self.offset += read as u64;
-        Ok(read)
-    }
 }
 
 /// One connection's receiver.
@@ -220,31 +180,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::protocol::frame::{
-        encode_frame, frame_length_bytes, FrameFields, InstrumentCode, FLAG_END_OF_SEGMENT,
-    };
-
-    /// One valid LATISS frame of `rows` rows.
-    fn frame(rows: u16) -> Vec<u8> {
-        let pixels = vec![7u8; usize::from(rows) * 576 * 4];
-        let fields = FrameFields {
-            instrument: InstrumentCode::Latiss,
-            flags: if rows == 2048 { FLAG_END_OF_SEGMENT } else { 0 },
-            raft: 0,
-            sensor: 0,
-            segment: 10,
-            segment_columns: 576,
-            segment_rows: 2048,
-            first_row: 0,
-            row_count: rows,
-            exposure_id: 2025041500001,
-            frame_sequence: 1,
-            readout_ns: 1,
-        };
-        let mut out = vec![0; frame_length_bytes(pixels.len())];
-        encode_frame(&fields, &pixels, &mut out);
-        out
-    }
+    use crate::core::tests::frame;
 
     /// A writer that has ended (its channel closed: it failed, or panicked) must not cost the
     /// pool its buffers: the receiver gives the lease of the frame it could not hand over back to
@@ -252,7 +188,7 @@ mod tests {
     /// with the connection open and unread.
     #[test]
     fn a_receiver_whose_writer_has_ended_gives_its_lease_back_and_ends() {
-        let one = frame(4);
+        let one = frame(4, 7);
         let (pool, leases) = BufferPool::new(1, BLOCK + one.len());
         let free = Arc::new(FreeList::new(leases));
         let (writer, writer_side) = std::sync::mpsc::sync_channel(4);
